@@ -1,0 +1,270 @@
+"""Typed configuration: dataclasses loaded from YAML (``yaml.safe_load``), then ``key=value`` overrides.
+
+A config file holds sections named like the dataclasses below (``model``, ``env``, ``loss``,
+``optim``, ``train``, ``data``, ``eval``); fields not given keep their defaults. Overrides use dotted
+keys, e.g. ``train.max_updates=50 model.sam=false``; values are parsed as YAML scalars and checked
+against the field's type. Every field carries a one-line ``help`` in its metadata, which
+``describe()`` prints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A bad config file or override; the message is one line."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    """The network of the paper's Fig. 1: VGG16/2 feature extractor, SAM, dilated policy and value nets."""
+
+    in_channels: int = _f(0, "image channels; 0 = take them from the data store")
+    width: int = _f(32, "channels of conv1_x; VGG16 at half width is 32 (blocks 2-4 use 2x, 4x, 8x)")
+    sources: list = _f([1, 2, 3], "VGG blocks whose last conv (conv1_2, conv2_2, conv3_3, conv4_3) feed the heads")
+    head_channels: int = _f(184, "channels of every conv layer in the policy and the value net")
+    head_dilations: list = _f([1, 2, 3, 4, 3, 2, 1], "dilation of each 3x3 conv layer of a head (one entry per layer)")
+    dilation: bool = _f(True, "dilated convolutions (DC); false sets every dilation to 1 (Table 3 ablation)")
+    sam: bool = _f(True, "the self-attention module of eq. 1 (Table 3 ablation)")
+    reward_kernel: int = _f(33, "side of the learned reward-map kernel w of eq. 8 (odd; PixelRL uses 33)")
+
+
+@dataclass
+class EnvConfig:
+    """The per-pixel agents: state, mask update and reward (eq. 12)."""
+
+    t_max: int = _f(10, "steps per episode, in training and at inference")
+    mask_update: str = _f("replace", "replace: m(t+1) = a(t); multiply: m(t+1) = m(t) * a(t) (zeroed pixels stay zero)")
+    state: str = _f("masked", "masked: X(t) = I * m(t); stacked: channels [I, m(t)]")
+
+
+@dataclass
+class LossConfig:
+    """PA3C loss terms (eqs. 8, 13-16)."""
+
+    gamma: float = _f(0.95, "discount rate")
+    value_coef: float = _f(0.5, "weight of the value loss mean((R - V)^2)")
+    entropy_coef: float = _f(0.01, "weight of the entropy bonus")
+    bootstrap: str = _f("zero", "return after the last step: zero (episode ends at t_max) or value (V(s(t_max)))")
+    learn_reward_conv: bool = _f(True, "learn w of eq. 8; false keeps it the identity (plain discounted returns)")
+
+
+@dataclass
+class OptimConfig:
+    """Adam and the step LR schedule of the paper, run by the parameter server."""
+
+    lr: float = _f(1e-3, "Adam learning rate")
+    lr_decay: float = _f(0.9, "LR factor applied every lr_step_epochs")
+    lr_step_epochs: float = _f(25.0, "epochs (training slices seen / train size) between LR decays")
+    grad_clip: float = _f(0.0, "clip the global gradient norm to this; 0 = off")
+    adam_eps: float = _f(1e-8, "Adam epsilon")
+
+
+@dataclass
+class TrainConfig:
+    """Budget, batch and processes of a training run."""
+
+    batch_size: int = _f(2, "slices per worker update")
+    epochs: float = _f(200.0, "stop after this many epochs of training slices; 0 = no epoch bound")
+    max_updates: int = _f(0, "stop after this many parameter updates; 0 = no update bound")
+    seed: int = _f(0, "base seed; worker k uses seed + k")
+    rollout: str = _f("onestep", "onestep: keep one step's graph at a time (memory independent of t_max); full: keep all")
+    threads_per_worker: int = _f(1, "torch intra-op threads per worker process")
+    checkpoint_interval_s: float = _f(60.0, "seconds between periodic checkpoints")
+    max_worker_restarts: int = _f(5, "stop the run when workers have failed this many times in all")
+    amp: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU)")
+
+
+@dataclass
+class DataConfig:
+    """Where slices come from."""
+
+    path: str = _f("", "HDF5 slice store; empty = the built-in synthetic store (made on first use)")
+    train_split: str = _f("train", "split the workers sample from (train, train_50, train_100, fold{k}/train)")
+    val_split: str = _f("val", "split the monitor evaluates")
+    test_split: str = _f("test", "split evaluated at the end of a run")
+    image_size: int = _f(0, "resize slices to this side (bilinear images, nearest masks); 0 = as stored")
+    synth_cases: int = _f(16, "cases of the built-in synthetic store")
+    synth_size: int = _f(64, "side of the built-in synthetic store's slices")
+
+
+@dataclass
+class EvalConfig:
+    """The monitor's evaluation on the validation split."""
+
+    batch_size: int = _f(8, "slices per evaluation batch")
+    max_slices: int = _f(0, "evaluate at most this many validation slices; 0 = all")
+    images: int = _f(3, "validation slices shown as images in TensorBoard")
+    poll_s: float = _f(2.0, "seconds between looks for a new checkpoint")
+
+
+@dataclass
+class Config:
+    """The whole configuration of a run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_CHOICES = {
+    ("env", "mask_update"): ("replace", "multiply"),
+    ("env", "state"): ("masked", "stacked"),
+    ("loss", "bootstrap"): ("zero", "value"),
+    ("train", "rollout"): ("onestep", "full"),
+}
+
+
+def _coerce(section: str, name: str, value: Any, ftype: Any) -> Any:
+    where = f"{section}.{name}"
+    origin = get_origin(ftype) or ftype
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if origin is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if origin is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if origin is str:
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        allowed = _CHOICES.get((section, name))
+        if allowed and value not in allowed:
+            raise ConfigError(f"{where}: expected one of {', '.join(allowed)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{where}: expected a list of integers, got {value!r}")
+        return list(value)
+    raise ConfigError(f"{where}: unsupported type {ftype!r}")
+
+
+def _section_types(cfg: Config) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def apply_dict(cfg: Config, data: dict, source: str = "config") -> Config:
+    """Set fields of ``cfg`` from a nested dict ``{section: {field: value}}``; unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    sections = _section_types(cfg)
+    for sname, values in data.items():
+        if sname not in sections:
+            raise ConfigError(f"{source}: unknown section {sname!r} (known: {', '.join(sections)})")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {sname!r} must be a mapping")
+        sec = sections[sname]
+        hints = get_type_hints(type(sec))
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"{source}: unknown key {sname}.{key}")
+            setattr(sec, key, _coerce(sname, key, value, hints[key]))
+    validate(cfg)
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train.max_updates=5", "model.sam=false"]`` -> ``{"train": {"max_updates": 5}, "model": {"sam": False}}``."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        key, raw = item.split("=", 1)
+        section, name = key.split(".", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: {exc.__class__.__name__}") from None
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (``configs/default.yaml`` when None), then the overrides."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    cfg = apply_dict(Config(), data, source=str(path))
+    if overrides:
+        apply_dict(cfg, parse_overrides(overrides), source="command line")
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a config from ``Config.to_dict()`` output (as stored in checkpoints)."""
+    return apply_dict(Config(), data, source="stored config")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks; raise ConfigError with one line."""
+    m = cfg.model
+    if m.width < 1 or m.head_channels < 1:
+        raise ConfigError("model.width and model.head_channels must be positive")
+    if not m.sources or any(s not in (1, 2, 3, 4) for s in m.sources) or len(set(m.sources)) != len(m.sources):
+        raise ConfigError(f"model.sources: expected distinct VGG blocks from 1..4, got {m.sources}")
+    if not m.head_dilations or any(d < 1 for d in m.head_dilations):
+        raise ConfigError(f"model.head_dilations: expected positive integers, got {m.head_dilations}")
+    if m.reward_kernel < 1 or m.reward_kernel % 2 == 0:
+        raise ConfigError(f"model.reward_kernel: expected an odd positive size, got {m.reward_kernel}")
+    if cfg.env.t_max < 1:
+        raise ConfigError("env.t_max must be at least 1")
+    if not 0.0 <= cfg.loss.gamma <= 1.0:
+        raise ConfigError("loss.gamma must lie in [0, 1]")
+    if cfg.train.batch_size < 1 or cfg.eval.batch_size < 1:
+        raise ConfigError("batch sizes must be at least 1")
+    if cfg.train.epochs <= 0 and cfg.train.max_updates <= 0:
+        raise ConfigError("set a budget: train.epochs or train.max_updates must be positive")
+    if cfg.optim.lr <= 0 or cfg.optim.lr_step_epochs <= 0:
+        raise ConfigError("optim.lr and optim.lr_step_epochs must be positive")
+
+
+def describe(cfg: Config | None = None) -> str:
+    """One line per field: ``section.key = value  # help``."""
+    cfg = cfg or Config()
+    lines = []
+    for sname, sec in _section_types(cfg).items():
+        for f in dataclasses.fields(sec):
+            lines.append(f"{sname}.{f.name} = {json.dumps(getattr(sec, f.name))}  # {f.metadata.get('help', '')}")
+    return "\n".join(lines)

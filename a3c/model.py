@@ -1,0 +1,180 @@
+"""The PixelDRL-MG network (paper Fig. 1): VGG16/2 features, self-attention (eq. 1), dilated heads.
+
+Reading of the paper used here (it leaves the wiring open):
+
+* Feature extractor: VGG16 conv1_1 .. conv4_3 (the "first 23 layers") at half width
+  (``width`` = 32 gives 32, 64, 128, 256 channels), 3x3 convolutions with ReLU, 2x2 max pooling
+  after blocks 1-3. With ``dilation`` on, blocks 3 and 4 use dilation 2 (wider context at no
+  extra parameters); off, every dilation is 1.
+* ``f_att`` of eq. 1 is the extractor's output, conv4_3 (1/8 resolution). SAM attends it; the
+  attended map is upsampled and concatenated with the three source layers conv1_2 (full
+  resolution), conv2_2 (1/2) and conv3_3 (1/4), each brought to full resolution bilinearly.
+  This is the paper's "three source layers ... concatenated ... after the self-attention
+  module", and it uses every one of the 23 layers.
+* Policy and value nets: separate stacks of 3x3 convolutions with the dilations
+  ``head_dilations`` (PixelRL's 1,2,3,4,3,2,1), ReLU, then a 1x1 convolution to 2 logits or 1
+  value. Full resolution throughout, so every pixel is an agent.
+* The reward-map kernel ``w`` of eq. 8 is a module of the network (``reward_conv``) so that it
+  is shared, optimised and checkpointed with the other parameters.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from a3c.config import ConfigError, ModelConfig, load_config
+
+VGG_BLOCKS = (2, 2, 3, 3)  # convolutions per block, conv1_x .. conv4_x
+
+
+def conv3x3(cin: int, cout: int, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation)
+
+
+class VGGFeatures(nn.Module):
+    """VGG16 conv1_1..conv4_3 at ``width`` base channels.
+
+    forward: x [B, Cin, H, W] -> (conv1_2 [B, w, H, W], conv2_2 [B, 2w, H/2, W/2],
+    conv3_3 [B, 4w, H/4, W/4], conv4_3 [B, 8w, H/8, W/8]) (sizes rounded down by each pooling).
+    """
+
+    def __init__(self, in_channels: int, width: int, dilation: bool):
+        super().__init__()
+        dil = (1, 1, 2, 2) if dilation else (1, 1, 1, 1)
+        blocks = []
+        cin = in_channels
+        for i, n in enumerate(VGG_BLOCKS):
+            cout = width * 2**i
+            layers: list[nn.Module] = []
+            for _ in range(n):
+                layers += [conv3x3(cin, cout, dil[i]), nn.ReLU(inplace=True)]
+                cin = cout
+            blocks.append(nn.Sequential(*layers))
+        self.blocks = nn.ModuleList(blocks)
+        self.out_channels = [width * 2**i for i in range(len(VGG_BLOCKS))]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for i, block in enumerate(self.blocks):
+            if i > 0:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            outs.append(x)
+        return outs
+
+
+class SelfAttention(nn.Module):
+    """SAM of eq. 1: ``M = softmax(W * f + f)``, ``out = f * (N * M)``.
+
+    ``W`` is a 1x1 convolution (C -> C). The softmax runs over the N = h*w spatial positions of
+    each channel separately, so every position's weight depends on the whole image (the global
+    information the paper adds). ``M`` multiplies ``f`` elementwise, scaled by N so that a
+    uniform attention map leaves ``f`` unchanged. The 1x1 convolution starts at zero, so at
+    initialisation ``M = softmax(f)``.
+
+    forward: f [B, C, h, w] -> [B, C, h, w].
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = f.shape
+        logits = (self.proj(f) + f).flatten(2).float()
+        m = torch.softmax(logits, dim=-1).view(b, c, h, w).to(f.dtype)
+        return f * (m * (h * w))
+
+
+def make_head(cin: int, channels: int, dilations: list[int], out: int) -> nn.Sequential:
+    """Stack of dilated 3x3 conv + ReLU, then 1x1 conv: [B, cin, H, W] -> [B, out, H, W]."""
+    layers: list[nn.Module] = []
+    for d in dilations:
+        layers += [conv3x3(cin, channels, d), nn.ReLU(inplace=True)]
+        cin = channels
+    layers.append(nn.Conv2d(cin, out, 1))
+    return nn.Sequential(*layers)
+
+
+class RewardConv(nn.Module):
+    """Learned reward-map kernel ``w`` of eq. 8, identity-initialised: [B, 1, H, W] -> [B, 1, H, W]."""
+
+    def __init__(self, kernel: int):
+        super().__init__()
+        weight = torch.zeros(1, 1, kernel, kernel)
+        weight[0, 0, kernel // 2, kernel // 2] = 1.0
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.weight.shape[-1]
+        return F.conv2d(x, self.weight.to(x.dtype), padding=k // 2)
+
+
+class PixelDRLNet(nn.Module):
+    """forward: state [B, in_channels, H, W] -> (policy logits [B, 2, H, W], value [B, 1, H, W])."""
+
+    def __init__(self, cfg: ModelConfig, in_channels: int):
+        super().__init__()
+        self.in_channels = in_channels
+        self.features = VGGFeatures(in_channels, cfg.width, cfg.dilation)
+        deep = self.features.out_channels[-1]
+        self.sam = SelfAttention(deep) if cfg.sam else nn.Identity()
+        cat = sum(self.features.out_channels)
+        dilations = list(cfg.head_dilations) if cfg.dilation else [1] * len(cfg.head_dilations)
+        self.policy = make_head(cat, cfg.head_channels, dilations, 2)
+        self.value = make_head(cat, cfg.head_channels, dilations, 1)
+        self.reward_conv = RewardConv(cfg.reward_kernel)
+
+    def shared_features(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, Cin, H, W] -> concatenated full-resolution features [B, 15 * width, H, W]."""
+        size = x.shape[-2:]
+        s1, s2, s3, deep = self.features(x)
+        parts = [s1] + [F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in (s2, s3, self.sam(deep))]
+        return torch.cat(parts, dim=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.shared_features(x)
+        return self.policy(feats), self.value(feats)
+
+
+def state_channels(image_channels: int, state: str) -> int:
+    """Network input channels for a state reading: masked keeps C, stacked adds the mask."""
+    return image_channels + (1 if state == "stacked" else 0)
+
+
+def build_model(cfg: ModelConfig, image_channels: int, state: str = "masked") -> PixelDRLNet:
+    return PixelDRLNet(cfg, state_channels(image_channels, state))
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m a3c.model", description="Print the network's parameter count as JSON.")
+    ap.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml)")
+    ap.add_argument("--in-channels", type=int, default=None, help="image channels (default: model.in_channels, else 1)")
+    ap.add_argument("overrides", nargs="*", help="section.key=value")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    channels = args.in_channels or cfg.model.in_channels or 1
+    model = build_model(cfg.model, channels, cfg.env.state)
+    parts = {name: count_params(getattr(model, name)) for name in ("features", "sam", "policy", "value", "reward_conv")}
+    print(json.dumps({"params": count_params(model), "in_channels": model.in_channels, "parts": parts,
+                      "sam": cfg.model.sam, "dilation": cfg.model.dilation}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Episodes of the per-pixel agents and the reference Algorithm-1 update.
+
+``reference_update`` is the one gradient computation of the project: the trainer's workers call
+it, and the tests call it single-process to show learning and to check the trainer.
+Two memory modes (``train.rollout``) give the same gradient:
+
+* ``full``    keeps the autograd graph of all t_max forward passes, then one backward.
+* ``onestep`` rolls out without a graph, computes the returns, then re-runs each step's forward
+  with a graph and backwards it at once; the reward kernel w gets its gradient from a last,
+  cheap backward through the returns. Peak memory is one step's, for one extra forward per step.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from a3c.config import Config, EnvConfig
+from a3c.env import PixelEnv
+from a3c.losses import combine, discounted_returns, step_losses
+from a3c.model import PixelDRLNet
+
+Tensor = torch.Tensor
+
+
+def autocast_for(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when ``amp``; a no-op context elsewhere."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def forward(model: PixelDRLNet, state: Tensor, amp: bool = False) -> tuple[Tensor, Tensor]:
+    """state [B, C, H, W] -> (logits [B, 2, H, W], value [B, 1, H, W]), both float32."""
+    with autocast_for(state.device, amp):
+        logits, value = model(state)
+    return logits.float(), value.float()
+
+
+def sample_actions(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Sample a ~ softmax(logits) per pixel: logits [B, 2, H, W] -> actions [B, H, W] int64 (0/1)."""
+    p_keep = torch.sigmoid(logits[:, 1] - logits[:, 0])
+    u = torch.rand(p_keep.shape, generator=generator, device=logits.device, dtype=p_keep.dtype)
+    return (u < p_keep).long()
+
+
+def greedy_actions(logits: Tensor) -> Tensor:
+    """argmax action per pixel: [B, 2, H, W] -> [B, H, W] int64 (ties keep the pixel)."""
+    return (logits[:, 1] >= logits[:, 0]).long()
+
+
+@torch.no_grad()
+def greedy_episode(model: PixelDRLNet, images: Tensor, env_cfg: EnvConfig, t_max: int | None = None,
+                   amp: bool = False) -> list[Tensor]:
+    """Inference: from m(0) = ones, greedy actions for t_max steps.
+
+    images [B, C, H, W] -> list of t_max masks m(1..t_max), each [B, H, W] bool; the last is the
+    segmentation. No threshold is involved: the mask is the action map.
+    """
+    env = PixelEnv(env_cfg, images)
+    state = env.reset()
+    masks = []
+    for _ in range(t_max or env_cfg.t_max):
+        logits, _ = forward(model, state, amp)
+        state, _ = env.step(greedy_actions(logits))
+        masks.append(env.mask[:, 0] > 0.5)
+    return masks
+
+
+@dataclass
+class UpdateStats:
+    """Means over the episode's steps (losses are per-step pixel means)."""
+
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    reward: float
+    n_images: int
+    t_max: int
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+def _bootstrap(model: PixelDRLNet, state: Tensor, cfg: Config) -> Tensor:
+    b, _, h, w = state.shape
+    if cfg.loss.bootstrap == "zero":
+        return state.new_zeros(b, 1, h, w)
+    with torch.no_grad():
+        return forward(model, state, cfg.train.amp)[1]
+
+
+def _reward_conv(model: PixelDRLNet, cfg: Config):
+    return model.reward_conv if cfg.loss.learn_reward_conv else None
+
+
+def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config,
+                     generator: torch.Generator | None = None) -> UpdateStats:
+    """One Algorithm-1 gradient: roll out t_max sampled steps on a batch, backward the PA3C loss.
+
+    images [B, C, H, W] float, gt [B, 1, H, W] float 0/1, on the model's device. Gradients are
+    accumulated into the parameters' ``.grad`` (the caller zeroes them). ``generator`` drives
+    the action sampling (seeded for reproducible updates).
+    """
+    env = PixelEnv(cfg.env, images, gt)
+    state = env.reset()
+    t_max, amp = cfg.env.t_max, cfg.train.amp
+    vc, ec = cfg.loss.value_coef, cfg.loss.entropy_coef
+    states, actions, rewards, values, logits_kept = [], [], [], [], []
+    full = cfg.train.rollout == "full"
+    with contextlib.nullcontext() if full else torch.no_grad():
+        for _ in range(t_max):
+            logits, value = forward(model, state, amp)
+            a = sample_actions(logits.detach(), generator)
+            states.append(state)
+            actions.append(a)
+            values.append(value)
+            logits_kept.append(logits)
+            state, r = env.step(a)
+            rewards.append(r)
+    returns = discounted_returns(rewards, _bootstrap(model, state, cfg), cfg.loss.gamma, _reward_conv(model, cfg))
+
+    sums = {"policy": 0.0, "value": 0.0, "entropy": 0.0}
+    if full:
+        total = 0.0
+        for t in range(t_max):
+            terms = step_losses(logits_kept[t], actions[t], values[t], returns[t])
+            total = total + combine(terms, vc, ec)
+            for k in sums:
+                sums[k] += terms[k].detach()
+        total.backward()
+    else:
+        kept_values = []
+        for t in range(t_max):
+            logits, value = forward(model, states[t], amp)
+            terms = step_losses(logits, actions[t], value, returns[t].detach())
+            combine(terms, vc, ec).backward()
+            kept_values.append(value.detach())
+            for k in sums:
+                sums[k] += terms[k].detach()
+        if returns[0].requires_grad:  # w of eq. 8 learns through the value term only
+            w_loss = sum(((ret - v) ** 2).mean() for ret, v in zip(returns, kept_values))
+            (vc * w_loss).backward()
+    mean_reward = torch.stack([r.mean() for r in rewards]).mean()
+    return UpdateStats(
+        policy_loss=float(sums["policy"]) / t_max,
+        value_loss=float(sums["value"]) / t_max,
+        entropy=float(sums["entropy"]) / t_max,
+        reward=float(mean_reward),
+        n_images=int(images.shape[0]),
+        t_max=t_max,
+    )

@@ -1,0 +1,202 @@
+"""Core pieces: returns and losses worked by hand, the environment, the network's shapes."""
+import math
+
+import pytest
+import torch
+
+from a3c.config import Config, ConfigError, load_config, parse_overrides
+from a3c.env import PixelEnv, observe, pixel_reward, update_mask
+from a3c.losses import discounted_returns, entropy_map, step_losses
+from a3c.model import RewardConv, build_model, count_params
+from a3c.rollout import greedy_episode, reference_update, sample_actions
+
+
+def t2(rows):
+    return torch.tensor(rows, dtype=torch.float32).view(1, 1, 2, 2)
+
+
+R0 = t2([[1, 0], [-1, 0]])
+R1 = t2([[0, 1], [0, 0]])
+
+
+def test_returns_by_hand_zero_bootstrap():
+    rets = discounted_returns([R0, R1], torch.zeros(1, 1, 2, 2), gamma=0.5)
+    assert torch.equal(rets[1], R1)
+    assert torch.allclose(rets[0], t2([[1, 0.5], [-1, 0]]))
+
+
+def test_returns_by_hand_value_bootstrap_and_advantage():
+    rets = discounted_returns([R0, R1], torch.full((1, 1, 2, 2), 2.0), gamma=0.5)
+    assert torch.allclose(rets[1], t2([[1, 2], [1, 1]]))
+    assert torch.allclose(rets[0], t2([[1.5, 1], [-0.5, 0.5]]))
+    terms = step_losses(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long),
+                        torch.full((1, 1, 2, 2), 0.5), rets[0])
+    # A = R - V = [[1, .5], [-1, 0]]; log pi = -ln 2 everywhere
+    assert terms["advantage"].item() == pytest.approx(0.125)
+    assert terms["policy"].item() == pytest.approx(math.log(2) * 0.125, rel=1e-6)
+    assert terms["value"].item() == pytest.approx((1 + 0.25 + 1 + 0) / 4)
+    assert terms["entropy"].item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_returns_with_a_neighbour_kernel_by_hand():
+    conv = RewardConv(3)
+    with torch.no_grad():
+        conv.weight[0, 0, 1, 2] = 0.5  # out[i, j] = x[i, j] + 0.5 * x[i, j + 1]
+    rets = discounted_returns([R0, R1], torch.zeros(1, 1, 2, 2), gamma=0.5, reward_conv=conv)
+    assert torch.allclose(rets[0], t2([[1.25, 0.5], [-1, 0]]))
+
+
+def test_identity_kernel_equals_plain_discounted_sum():
+    g = torch.Generator().manual_seed(0)
+    rewards = [torch.randn(2, 1, 9, 11, generator=g) for _ in range(5)]
+    boot = torch.randn(2, 1, 9, 11, generator=g)
+    with_conv = discounted_returns(rewards, boot, 0.95, RewardConv(33))
+    for t in range(5):
+        plain = sum(0.95 ** (k - t) * rewards[k] for k in range(t, 5)) + 0.95 ** (5 - t) * boot
+        assert torch.allclose(with_conv[t], plain, atol=1e-5)
+
+
+def test_kernel_gets_gradient_through_value_loss_only():
+    conv = RewardConv(3)
+    rewards = [torch.randn(1, 1, 6, 6) for _ in range(3)]
+    rets = discounted_returns(rewards, torch.zeros(1, 1, 6, 6), 0.9, conv)
+    logits = torch.randn(1, 2, 6, 6, requires_grad=True)
+    acts = torch.randint(0, 2, (1, 6, 6))
+    value = torch.randn(1, 1, 6, 6, requires_grad=True)
+    terms = step_losses(logits, acts, value, rets[0])
+    terms["policy"].backward(retain_graph=True)
+    assert conv.weight.grad is None or conv.weight.grad.abs().sum() == 0
+    terms["value"].backward()
+    assert conv.weight.grad.abs().sum() > 0
+
+
+def test_loss_finite_with_extreme_logits():
+    logits = torch.tensor([1e4, -1e4]).view(1, 2, 1, 1).repeat(2, 1, 4, 4).requires_grad_()
+    acts = torch.zeros(2, 4, 4, dtype=torch.long)  # the action with probability ~0
+    terms = step_losses(logits, acts, torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4))
+    total = terms["policy"] + terms["value"] - 0.01 * terms["entropy"]
+    total.backward()
+    assert all(torch.isfinite(v) for v in terms.values())
+    assert torch.isfinite(logits.grad).all()
+    assert torch.isfinite(entropy_map(logits.detach())).all()
+
+
+def smoke_cfg(**over):
+    cfg = load_config("configs/smoke.yaml")
+    for k, v in over.items():
+        sec, name = k.split("__")
+        setattr(getattr(cfg, sec), name, v)
+    return cfg
+
+
+def test_gradients_reach_features_from_policy_and_value():
+    torch.manual_seed(0)
+    cfg = smoke_cfg()
+    model = build_model(cfg.model, 1)
+    x = torch.randn(2, 1, 16, 16)
+    logits, value = model(x)
+    acts = torch.randint(0, 2, (2, 16, 16))
+    terms = step_losses(logits, acts, value, torch.randn(2, 1, 16, 16))
+    first = model.features.blocks[0][0].weight
+    for name in ("policy", "value"):
+        model.zero_grad()
+        terms[name].backward(retain_graph=True)
+        assert first.grad is not None and first.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("channels,size", [(1, (32, 32)), (3, (32, 32)), (1, (181, 217)), (3, (45, 37))])
+@pytest.mark.parametrize("sam,dilation", [(True, True), (False, False), (True, False), (False, True)])
+def test_network_shapes(channels, size, sam, dilation):
+    cfg = smoke_cfg(model__sam=sam, model__dilation=dilation)
+    model = build_model(cfg.model, channels)
+    with torch.no_grad():
+        logits, value = model(torch.randn(2, channels, *size))
+    assert logits.shape == (2, 2, *size)
+    assert value.shape == (2, 1, *size)
+
+
+def test_paper_configuration_parameter_count_near_paper():
+    cfg = load_config("configs/paper.yaml")
+    n = count_params(build_model(cfg.model, 3))
+    assert abs(n - 7.14e6) / 7.14e6 < 0.10, n
+    ablated = load_config("configs/paper.yaml", ["model.sam=false"])
+    assert count_params(build_model(ablated.model, 3)) < n
+
+
+def test_env_mask_update_and_reward():
+    gt = t2([[1, 0], [1, 0]])
+    m0 = torch.ones(1, 1, 2, 2)
+    a = torch.tensor([[[1, 0], [0, 1]]])
+    m1 = update_mask(m0, a, "replace")
+    assert torch.equal(m1, t2([[1, 0], [0, 1]]))
+    # became right: (0,1) -> +1; became wrong: (1,0) -> -1; unchanged right (0,0) and wrong (1,1): 0
+    assert torch.equal(pixel_reward(m0, m1, gt), t2([[0, 1], [-1, 0]]))
+    a2 = torch.tensor([[[1, 1], [1, 1]]])
+    assert torch.equal(update_mask(m1, a2, "replace"), torch.ones(1, 1, 2, 2))
+    assert torch.equal(update_mask(m1, a2, "multiply"), m1)
+
+
+def test_env_states():
+    img = torch.arange(8.0).view(1, 2, 2, 2)
+    mask = t2([[1, 0], [0, 1]])
+    assert torch.equal(observe(img, mask, "masked"), img * mask)
+    stacked = observe(img, mask, "stacked")
+    assert stacked.shape == (1, 3, 2, 2) and torch.equal(stacked[:, 2:], mask)
+    cfg = Config()
+    env = PixelEnv(cfg.env, img, t2([[1, 1], [0, 0]]))
+    s0 = env.reset()
+    assert torch.equal(s0, img)
+    s1, r = env.step(torch.zeros(1, 2, 2, dtype=torch.long))
+    assert torch.equal(s1, torch.zeros_like(img))
+    assert torch.equal(r, t2([[-1, -1], [1, 1]]))
+
+
+def test_sample_actions_follow_policy():
+    logits = torch.zeros(1, 2, 100, 100)
+    logits[:, 1] = math.log(3.0)  # p(keep) = 0.75
+    a = sample_actions(logits, torch.Generator().manual_seed(0))
+    assert a.dtype == torch.long and set(a.unique().tolist()) == {0, 1}
+    assert abs(a.float().mean().item() - 0.75) < 0.02
+
+
+@pytest.mark.parametrize("state,update", [("masked", "replace"), ("stacked", "multiply")])
+def test_onestep_and_full_rollouts_give_equal_gradients(state, update):
+    cfg = smoke_cfg(env__state=state, env__mask_update=update, loss__bootstrap="value")
+    torch.manual_seed(1)
+    model = build_model(cfg.model, 2, state)
+    x = torch.randn(2, 2, 24, 20)
+    gt = (torch.rand(2, 1, 24, 20) > 0.6).float()
+    grads = {}
+    for mode in ("full", "onestep"):
+        cfg.train.rollout = mode
+        model.zero_grad()
+        reference_update(model, x, gt, cfg, torch.Generator().manual_seed(7))
+        grads[mode] = [p.grad.clone() for p in model.parameters()]
+    for g_full, g_one in zip(grads["full"], grads["onestep"]):
+        assert torch.allclose(g_full, g_one, rtol=1e-4, atol=1e-7)
+    assert model.reward_conv.weight.grad.abs().sum() > 0
+
+
+def test_greedy_episode_returns_t_max_masks():
+    cfg = smoke_cfg()
+    model = build_model(cfg.model, 1)
+    masks = greedy_episode(model, torch.randn(3, 1, 16, 16), cfg.env, t_max=4)
+    assert len(masks) == 4 and masks[-1].shape == (3, 16, 16) and masks[-1].dtype == torch.bool
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = load_config("configs/smoke.yaml", ["train.max_updates=7", "model.sam=false", "optim.lr=0.01"])
+    assert cfg.train.max_updates == 7 and cfg.model.sam is False and cfg.optim.lr == 0.01
+    assert parse_overrides(["model.head_dilations=[1,2]"]) == {"model": {"head_dilations": [1, 2]}}
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config("configs/smoke.yaml", ["train.nope=1"])
+    with pytest.raises(ConfigError, match="expected one of"):
+        load_config("configs/smoke.yaml", ["env.state=weird"])
+    with pytest.raises(ConfigError, match="expected true/false"):
+        load_config("configs/smoke.yaml", ["model.sam=3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
