@@ -205,10 +205,12 @@ def hausdorff_distance(pred: Any, gt: Any, spacing: Any = None, percentile: floa
     # Crop to the union's bounding box: everything outside is background in both masks, and
     # erosion with a zero border treats the box edge exactly like the background beyond it.
     box = _bbox(p | g)
-    cp = np.argwhere(surface_edges(p[box])) * sp
-    cg = np.argwhere(surface_edges(g[box])) * sp
-    d_pg = cKDTree(cg, leafsize=32).query(cp, k=1)[0]
-    d_gp = cKDTree(cp, leafsize=32).query(cg, k=1)[0]
+    ep, eg = surface_edges(p[box]), surface_edges(g[box])
+    shared = np.count_nonzero(ep & eg)  # surface pixels common to both are at distance 0
+    cp, cg = np.argwhere(ep) * sp, np.argwhere(eg) * sp
+    zeros = np.zeros(shared)
+    d_pg = np.concatenate([zeros, cKDTree(cg, leafsize=32).query(np.argwhere(ep & ~eg) * sp, k=1)[0]])
+    d_gp = np.concatenate([zeros, cKDTree(cp, leafsize=32).query(np.argwhere(eg & ~ep) * sp, k=1)[0]])
     return float(max(np.percentile(d_pg, percentile), np.percentile(d_gp, percentile)))
 
 
