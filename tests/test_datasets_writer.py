@@ -1,0 +1,165 @@
+"""Writer: split allocation, subsets, folds, normalisation, mask checks, atomic output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from datasets.store import SliceStore
+from datasets.writer import (
+    NORMALISATION,
+    ConvertError,
+    StoreWriter,
+    allocate_counts,
+    assign_folds,
+    binarise_mask,
+    kshot_subsets,
+    normalise_case,
+    parse_split,
+    split_cases,
+)
+
+
+@pytest.mark.parametrize("n, ratios, expected", [
+    (8, (70, 10, 20), [5, 1, 2]),
+    (10, (70, 10, 20), [7, 1, 2]),
+    (110, (70, 10, 20), [77, 11, 22]),
+    (3, (70, 10, 20), [1, 1, 1]),
+    (2, (70, 10, 20), [1, 0, 1]),  # too few cases: test is served before val
+    (1, (70, 10, 20), [1, 0, 0]),
+    (0, (70, 10, 20), [0, 0, 0]),
+    (8, (0, 0, 100), [0, 0, 8]),
+    (5, (80, 0, 20), [4, 0, 1]),
+    (20, (1, 1, 1), [6, 7, 7]),
+])
+def test_allocate_counts(n, ratios, expected):
+    assert allocate_counts(n, ratios) == expected
+
+
+@pytest.mark.parametrize("n", range(3, 40))
+def test_small_datasets_get_val_and_test(n):
+    counts = allocate_counts(n, (70, 10, 20))
+    assert sum(counts) == n and min(counts) >= 1
+
+
+def test_parse_split():
+    assert parse_split("70/10/20") == (70.0, 10.0, 20.0)
+    assert parse_split("0/0/100") == (0.0, 0.0, 100.0)
+    for bad in ("70/30", "a/b/c", "0/0/0", "-10/50/60", "70/10/nan"):
+        with pytest.raises(ValueError):
+            parse_split(bad)
+
+
+def test_split_cases_seeded_and_disjoint():
+    cases = [f"p{i}" for i in range(20)]
+    a = split_cases(cases, (70, 10, 20), seed=3)
+    b = split_cases(list(reversed(cases)), (70, 10, 20), seed=3)
+    assert a == b  # independent of input order
+    assert [len(a[s]) for s in ("train", "val", "test")] == [14, 2, 4]
+    assert sorted(a["train"] + a["val"] + a["test"]) == sorted(cases)
+    assert split_cases(cases, (70, 10, 20), seed=4) != a
+
+
+def test_folds_balanced_seeded_and_independent_of_split():
+    cases = [f"p{i}" for i in range(23)]
+    f = assign_folds(cases, seed=1)
+    assert sorted(np.bincount(list(f.values())).tolist()) == [4, 4, 5, 5, 5]
+    assert f == assign_folds(reversed(cases), seed=1)
+    assert f != assign_folds(cases, seed=2)
+
+
+def test_kshot_nested():
+    train = np.arange(10, 300, 2)
+    s = kshot_subsets(train, seed=0)
+    assert len(s[50]) == 50 and len(s[100]) == 100
+    assert set(s[50]) <= set(s[100]) <= set(train)
+    assert np.all(np.diff(s[100]) > 0)
+    small = kshot_subsets(np.arange(30), seed=0)
+    assert np.array_equal(small[50], np.arange(30)) and np.array_equal(small[100], np.arange(30))
+
+
+def test_normalise_case():
+    rng = np.random.default_rng(0)
+    x = np.zeros((4, 2, 20, 20), np.float32)
+    x[:, 0, 5:15, 5:15] = rng.normal(500, 50, size=(4, 10, 10))
+    x[:, 1] = 7.0  # constant channel
+    y = normalise_case(x)
+    assert y.dtype == np.float32 and y.min() >= 0 and y.max() <= 1
+    assert y[:, 0].max() == 1 and np.all(y[:, 0][x[:, 0] == 0] == 0)
+    assert np.all(y[:, 1] == 1)
+    assert np.all(normalise_case(np.zeros((1, 1, 4, 4))) == 0)
+
+
+def test_binarise_mask():
+    assert binarise_mask(np.array([0, 255, 255], np.uint8), "m").tolist() == [0, 1, 1]
+    assert binarise_mask(np.array([0.0, 1.0]), "m").tolist() == [0, 1]
+    assert binarise_mask(np.array([0, 1, 2, 3]), "m", label=2).tolist() == [0, 0, 1, 0]
+    for bad in ([0, 2], [0, 1, 255], [0, np.nan], [0.5, 1]):
+        with pytest.raises(ConvertError, match="m:"):
+            binarise_mask(np.array(bad), "m")
+
+
+def _case(k=3, size=8, positive=True):
+    images = np.random.default_rng(k).random((k, 1, size, size)).astype(np.float32)
+    masks = np.zeros((k, size, size), np.uint8)
+    if positive:
+        masks[::2, 2:5, 2:5] = 1
+    return images, masks
+
+
+def test_writer_roundtrip_and_negatives(tmp_path):
+    out = tmp_path / "a.h5"
+    with StoreWriter(out, seed=5, attrs={"source": "unit", "converter": "test"}) as w:
+        for c in range(4):
+            im, m = _case()
+            assert w.add_case(f"c{c}", im, m, [10, 11, 12], (1.0, 2.0)) == 2  # slice 11 is negative
+    s = SliceStore(out)
+    assert s.n == 8 and s.attrs["normalisation"] == NORMALISATION and s.attrs["seed"] == 5
+    assert s.meta(1) == {"case": "c0", "slice": 12, "spacing": (1.0, 2.0)}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.h5"]
+
+
+def test_writer_failure_leaves_nothing(tmp_path):
+    out = tmp_path / "b.h5"
+    with pytest.raises(RuntimeError):
+        with StoreWriter(out) as w:
+            w.add_case("c0", *_case(), [0, 1, 2])
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_nothing_left(tmp_path):
+    out = tmp_path / "c.h5"
+    with pytest.raises(ConvertError, match="nothing left after dropping negative"):
+        with StoreWriter(out, source="SRC") as w:
+            w.add_case("c0", *_case(positive=False), [0, 1, 2])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_refuses_existing_output(tmp_path):
+    out = tmp_path / "d.h5"
+    out.write_text("keep me")
+    with pytest.raises(ConvertError, match="output exists"):
+        StoreWriter(out)
+    assert out.read_text() == "keep me"
+    with StoreWriter(out, overwrite=True) as w:
+        w.add_case("c0", *_case(), [0, 1, 2])
+    assert SliceStore(out).n == 2
+
+
+def test_writer_rejects_shape_change_and_duplicates(tmp_path):
+    out = tmp_path / "e.h5"
+    with pytest.raises(ConvertError, match="differs from earlier"):
+        with StoreWriter(out) as w:
+            w.add_case("c0", *_case(size=8), [0, 1, 2])
+            w.add_case("c1", *_case(size=10), [0, 1, 2], source="file_c1")
+    with pytest.raises(ConvertError, match="twice"):
+        with StoreWriter(out) as w:
+            w.add_case("c0", *_case(), [0, 1, 2])
+            w.add_case("c0", *_case(), [0, 1, 2])
+    with pytest.raises(ConvertError, match="NaN"):
+        with StoreWriter(out) as w:
+            im, m = _case()
+            im[0, 0, 0, 0] = np.inf
+            w.add_case("c0", im, m, [0, 1, 2])
+    assert list(tmp_path.iterdir()) == []
