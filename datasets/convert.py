@@ -8,7 +8,7 @@
     python -m datasets.convert nifti-pairs SRC --out FILE.h5 --images GLOB --labels GLOB [--pair-by key|order]
 
 Common options: ``--split 70/10/20 --seed 0 --keep-negatives --overwrite --channels LIST
---size S|HxW --label N --compression none|lzf|gzip --quiet``.
+--size S|HxW --label N --percentiles 0.5,99.5 --compression none|lzf|gzip --quiet``.
 
 Readings of each layout
 -----------------------
@@ -513,6 +513,16 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return (h, int(m.group(2)) if m.group(2) else h)
 
 
+def parse_percentiles(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(t) for t in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"--percentiles must be LOW,HIGH like 0.5,99.5, got {text!r}") from None
+    if not 0 <= lo < hi <= 100:
+        raise ValueError(f"--percentiles must satisfy 0 <= LOW < HIGH <= 100, got {text!r}")
+    return lo, hi
+
+
 def select_channels(data: CaseData, channels: list[int] | None) -> CaseData:
     if channels is None:
         return data
@@ -556,6 +566,7 @@ def convert(
     bbox: str | Path | None = None,
     resample: float = 1.0,
     compression: str | None = None,
+    percentiles: Sequence[float] = (0.5, 99.5),
     progress: bool | None = None,
     arguments: dict | None = None,
 ) -> dict:
@@ -612,13 +623,14 @@ def convert(
             "kind": kind, "src": str(src), "out": str(out), "split": "/".join(f"{r:g}" for r in ratios),
             "seed": seed, "keep_negatives": keep_negatives, "channels": chans, "size": size_hw, "label": label,
             "images": images, "labels": labels, "pair_by": pair_by, "bbox": str(bbox) if bbox else None,
-            "resample": resample, "compression": compression,
+            "resample": resample, "compression": compression, "percentiles": list(percentiles),
         }),
         **extra,
     }
     kept_per_case: dict[str, int] = {}
     with StoreWriter(out, split=ratios, seed=seed, attrs=attrs, overwrite=overwrite,
-                     keep_negatives=keep_negatives, compression=compression, source=str(src)) as writer:
+                     keep_negatives=keep_negatives, compression=compression, percentiles=percentiles,
+                     source=str(src)) as writer:
         bar = tqdm(cases, desc=f"convert {kind}", unit="case", disable=None if progress is None else not progress,
                    file=sys.stderr)
         with bar:
@@ -666,6 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--size", default=None, help="resize every slice to S x S or H x W pixels (e.g. 256, 160x192)")
     common.add_argument("--label", type=float, default=None,
                         help="take mask = (label == N) from a multi-label file (default: values must be {0,1} or {0,255})")
+    common.add_argument("--percentiles", default="0.5,99.5",
+                        help="per-case clip percentiles of the nonzero voxels before scaling to [0,1] "
+                             "(default 0.5,99.5; 0,100 = min-max, keeps the contrast of small hot spots)")
     common.add_argument("--compression", default="none", choices=["none", "lzf", "gzip"],
                         help="HDF5 compression (default none: fastest reads)")
     common.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -694,6 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratios = parse_split(args.split)
         chans = parse_channels(args.channels)
         size_hw = parse_size(args.size)
+        percentiles = parse_percentiles(args.percentiles)
         if args.seed < 0:
             raise ValueError("--seed must be >= 0")
         if getattr(args, "resample", 1.0) <= 0:
@@ -707,7 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             images=getattr(args, "images", None), labels=getattr(args, "labels", None),
             pair_by=getattr(args, "pair_by", "key"), bbox=getattr(args, "bbox", None),
             resample=getattr(args, "resample", 1.0), compression=args.compression,
-            progress=False if args.quiet else None, arguments=arguments,
+            percentiles=percentiles, progress=False if args.quiet else None, arguments=arguments,
         )
     except (ConvertError, OSError) as exc:
         print(f"datasets.convert: error: {_one_line(exc)}", file=sys.stderr)

@@ -8,7 +8,7 @@ set of rules:
   folder; only a completed store is moved to the output path with ``os.replace``. On any error
   (including Ctrl-C) the temporary file is removed and nothing is left at the output path.
 * **Normalisation** (:func:`normalise_case`): per case and per channel, clip to the 0.5th and
-  99.5th percentiles of the case's nonzero voxels (all of its slices, before negatives are
+  99.5th percentiles (``percentiles``; converters' ``--percentiles``) of the case's nonzero voxels (all of its slices, before negatives are
   dropped), then scale linearly to [0, 1]. Zero stays the darkest value, which fits the
   method's ``X(t) = I * m(t)`` state where a zeroed pixel means "background".
 * **Split by case** (:func:`allocate_counts`, :func:`split_cases`): the sorted case ids are
@@ -39,7 +39,16 @@ import numpy as np
 
 from .store import SCHEMA_VERSION, SUBSET_SIZES, N_FOLDS
 
-NORMALISATION = "percentile_0.5_99.5_nonzero_per_case_channel_to_0_1"
+DEFAULT_PERCENTILES = (0.5, 99.5)
+
+
+def normalisation_name(percentiles=DEFAULT_PERCENTILES) -> str:
+    """The ``normalisation`` attribute for the given clip percentiles."""
+    lo, hi = percentiles
+    return f"percentile_{lo:g}_{hi:g}_nonzero_per_case_channel_to_0_1"
+
+
+NORMALISATION = normalisation_name()
 
 _STREAM_SPLIT, _STREAM_SUBSET, _STREAM_FOLD = 1, 2, 3
 
@@ -120,11 +129,11 @@ def kshot_subsets(train_idx: np.ndarray, seed: int, sizes: Sequence[int] = SUBSE
 # Per-case checks and normalisation
 
 
-def normalise_case(images: np.ndarray) -> np.ndarray:
+def normalise_case(images: np.ndarray, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> np.ndarray:
     """Normalise one case ``[S, C, H, W]`` to float32 in [0, 1], per channel.
 
-    Clip to the 0.5th / 99.5th percentiles of the channel's nonzero voxels over all S slices,
-    then scale linearly; a channel with no nonzero voxel, or a constant one, becomes all zeros
+    Clip to the ``percentiles`` (default 0.5th / 99.5th) of the channel's nonzero voxels over
+    all S slices, then scale linearly; ``(0, 100)`` is min-max scaling; a channel with no nonzero voxel, or a constant one, becomes all zeros
     (constant nonzero: ones where nonzero).
     """
     images = np.asarray(images, dtype=np.float32)
@@ -136,7 +145,7 @@ def normalise_case(images: np.ndarray) -> np.ndarray:
             continue
         if nz.size > 4_000_000:  # percentiles of a large volume: a strided sample is plenty
             nz = nz[:: nz.size // 2_000_000]
-        lo, hi = np.percentile(nz, [0.5, 99.5])
+        lo, hi = np.percentile(nz, list(percentiles))
         if hi <= lo:
             out[:, c] = (ch != 0).astype(np.float32) if lo != 0 else 0.0
             continue
@@ -210,6 +219,7 @@ class StoreWriter:
         overwrite: bool = False,
         keep_negatives: bool = False,
         normalise: bool = True,
+        percentiles: Sequence[float] = DEFAULT_PERCENTILES,
         compression: str | None = None,
         source: str = "",
     ) -> None:
@@ -219,6 +229,9 @@ class StoreWriter:
         self.attrs = dict(attrs or {})
         self.keep_negatives = keep_negatives
         self.normalise = normalise
+        self.percentiles = tuple(float(p) for p in percentiles)
+        if not (len(self.percentiles) == 2 and 0 <= self.percentiles[0] < self.percentiles[1] <= 100):
+            raise ValueError(f"percentiles must be 0 <= low < high <= 100, got {percentiles}")
         self.compression = None if compression in (None, "none") else compression
         self.source = source or str(self.out)
         self._tmp: Path | None = None
@@ -313,7 +326,7 @@ class StoreWriter:
                 f"{src}: slice shape (C,H,W)={shape} differs from earlier cases' {self._shape}; "
                 "all cases must share one shape (try --size)"
             )
-        data = normalise_case(images) if self.normalise else images.astype(np.float32)
+        data = normalise_case(images, self.percentiles) if self.normalise else images.astype(np.float32)
         keep = np.ones(images.shape[0], bool) if self.keep_negatives else masks.reshape(masks.shape[0], -1).any(1)
         k = int(keep.sum())
         if k == 0:
@@ -377,7 +390,7 @@ class StoreWriter:
             "schema_version": SCHEMA_VERSION,
             "seed": self.seed,
             "split": "/".join(f"{x:g}" for x in self.split),
-            "normalisation": NORMALISATION if self.normalise else "none",
+            "normalisation": normalisation_name(self.percentiles) if self.normalise else "none",
             "keep_negatives": bool(self.keep_negatives),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "n_cases_read": self.n_cases_in,
