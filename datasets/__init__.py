@@ -1,0 +1,10 @@
+"""Data layer of PixelDRL-MG: HDF5 slice stores and the tools that make and read them.
+
+- ``datasets.store``   -- ``SliceStore`` (read-only, process-safe reader), ``StoreError``, the schema
+- ``datasets.writer``  -- ``StoreWriter`` (atomic writes, per-case normalisation, seeded splits/folds)
+- ``datasets.convert`` -- ``python -m datasets.convert {lgg,msd-heart,hecktor,nifti-pairs} ...``
+- ``datasets.synth``   -- ``python -m datasets.synth`` / ``make_synthetic_store(...)``
+- ``datasets.inspect`` -- ``python -m datasets.inspect FILE.h5 [--json]``
+
+This package imports no other project code. Importing it is cheap (nothing is imported here).
+"""
