@@ -60,6 +60,7 @@ class LossConfig:
     gamma: float = _f(0.95, "discount rate")
     value_coef: float = _f(0.5, "weight of the value loss mean((R - V)^2)")
     entropy_coef: float = _f(0.01, "weight of the entropy bonus")
+    class_balance: float = _f(1.0, "beta: weight pixels by their class share ** -beta in the policy and value means; 0 = plain pixel means")
     bootstrap: str = _f("zero", "return after the last step: zero (episode ends at t_max) or value (V(s(t_max)))")
     learn_reward_conv: bool = _f(True, "learn w of eq. 8; false keeps it the identity (plain discounted returns)")
 

@@ -14,7 +14,10 @@ Per step, as pixel means over [B, 1, H, W]:
     entropy=  mean(H(pi(. | s(t))))
 
 and ``loss(t) = policy + value_coef * value - entropy_coef * entropy``; the update sums the
-steps. The feature net receives both terms' gradients (eq. 16) because both heads sit on it.
+steps. Optionally (``loss.class_balance`` = beta > 0) the policy and value means are weighted
+per pixel by its class's share of the image to the power -beta (``class_weights``): the paper
+is silent here, and with small objects the plain pixel mean drives the policy to "zero
+everything" (REINFORCE's push on the rare class vanishes once its action is rarely sampled). The feature net receives both terms' gradients (eq. 16) because both heads sit on it.
 ``w`` learns through the value term, since the advantage is detached in the policy term.
 """
 from __future__ import annotations
@@ -51,8 +54,24 @@ def entropy_map(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(dim=1, keepdim=True)
 
 
-def step_losses(logits: Tensor, actions: Tensor, value: Tensor, ret: Tensor) -> dict[str, Tensor]:
-    """One step's pixel-mean terms.
+def class_weights(gt: Tensor, beta: float) -> Tensor:
+    """Per-pixel weights from the ground truth: gt [B, 1, H, W] 0/1 -> [B, 1, H, W], mean 1 per image.
+
+    A pixel of class c weighs ``f_c ** -beta``, f_c being c's share of the image, rescaled so
+    that each image's weights average 1: beta = 0 gives the plain pixel mean of eqs. 13-15,
+    beta = 1 lets object and background count equally.
+    """
+    if beta == 0:
+        return torch.ones_like(gt)
+    n = gt[0].numel()
+    frac_fg = gt.flatten(1).mean(dim=1).clamp(1.0 / n, 1.0 - 1.0 / n).view(-1, 1, 1, 1)
+    w = torch.where(gt > 0.5, frac_fg ** -beta, (1.0 - frac_fg) ** -beta)
+    return w / w.mean(dim=(1, 2, 3), keepdim=True)
+
+
+def step_losses(logits: Tensor, actions: Tensor, value: Tensor, ret: Tensor,
+                weight: Tensor | None = None) -> dict[str, Tensor]:
+    """One step's pixel-mean terms (weighted means when ``weight`` [B, 1, H, W] is given).
 
     logits [B, 2, H, W], actions [B, H, W] int64, value [B, 1, H, W], ret [B, 1, H, W].
     Returns scalars ``policy``, ``value``, ``entropy`` and the detached ``advantage`` mean.
@@ -60,9 +79,10 @@ def step_losses(logits: Tensor, actions: Tensor, value: Tensor, ret: Tensor) -> 
     logp = F.log_softmax(logits.float(), dim=1)
     logp_a = logp.gather(1, actions.unsqueeze(1))
     adv = ret - value.float()
+    w = 1.0 if weight is None else weight
     return {
-        "policy": -(logp_a * adv.detach()).mean(),
-        "value": (adv ** 2).mean(),
+        "policy": -(w * logp_a * adv.detach()).mean(),
+        "value": (w * adv ** 2).mean(),
         "entropy": -(logp.exp() * logp).sum(dim=1).mean(),
         "advantage": adv.detach().mean(),
     }

@@ -18,7 +18,7 @@ import torch
 
 from a3c.config import Config, EnvConfig
 from a3c.env import PixelEnv
-from a3c.losses import combine, discounted_returns, step_losses
+from a3c.losses import class_weights, combine, discounted_returns, step_losses
 from a3c.model import PixelDRLNet
 
 Tensor = torch.Tensor
@@ -120,12 +120,13 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
             state, r = env.step(a)
             rewards.append(r)
     returns = discounted_returns(rewards, _bootstrap(model, state, cfg), cfg.loss.gamma, _reward_conv(model, cfg))
+    weight = class_weights(gt, cfg.loss.class_balance) if cfg.loss.class_balance else None
 
     sums = {"policy": 0.0, "value": 0.0, "entropy": 0.0}
     if full:
         total = 0.0
         for t in range(t_max):
-            terms = step_losses(logits_kept[t], actions[t], values[t], returns[t])
+            terms = step_losses(logits_kept[t], actions[t], values[t], returns[t], weight)
             total = total + combine(terms, vc, ec)
             for k in sums:
                 sums[k] += terms[k].detach()
@@ -134,13 +135,13 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
         kept_values = []
         for t in range(t_max):
             logits, value = forward(model, states[t], amp)
-            terms = step_losses(logits, actions[t], value, returns[t].detach())
+            terms = step_losses(logits, actions[t], value, returns[t].detach(), weight)
             combine(terms, vc, ec).backward()
             kept_values.append(value.detach())
             for k in sums:
                 sums[k] += terms[k].detach()
         if returns[0].requires_grad:  # w of eq. 8 learns through the value term only
-            w_loss = sum(((ret - v) ** 2).mean() for ret, v in zip(returns, kept_values))
+            w_loss = sum(((1.0 if weight is None else weight) * (ret - v) ** 2).mean() for ret, v in zip(returns, kept_values))
             (vc * w_loss).backward()
     mean_reward = torch.stack([r.mean() for r in rewards]).mean()
     return UpdateStats(

@@ -6,7 +6,7 @@ import torch
 
 from a3c.config import Config, ConfigError, load_config, parse_overrides
 from a3c.env import PixelEnv, observe, pixel_reward, update_mask
-from a3c.losses import discounted_returns, entropy_map, step_losses
+from a3c.losses import class_weights, discounted_returns, entropy_map, step_losses
 from a3c.model import RewardConv, build_model, count_params
 from a3c.rollout import greedy_episode, reference_update, sample_actions
 
@@ -200,3 +200,36 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_class_weights_balance_each_image():
+    gt = torch.zeros(2, 1, 4, 4)
+    gt[0, 0, 0, :1] = 1  # 1 of 16 pixels
+    gt[1, 0, :2] = 1     # 8 of 16
+    w = class_weights(gt, 1.0)
+    assert torch.allclose(w.mean(dim=(1, 2, 3)), torch.ones(2))
+    # image 0: object and background each carry half the total weight
+    assert torch.allclose((w[0] * gt[0]).sum(), (w[0] * (1 - gt[0])).sum())
+    assert torch.allclose(w[1], torch.ones(1, 4, 4))
+    assert torch.equal(class_weights(gt, 0.0), torch.ones_like(gt))
+
+
+def test_weighted_policy_term_removes_the_majority_bias():
+    """With beta = 1 the expected push on a shared keep/zero bias cancels between the classes."""
+    gt = torch.zeros(1, 1, 10, 10)
+    gt[..., :1, :5] = 1  # 5% object
+    logits = torch.zeros(1, 2, 10, 10, requires_grad=True)
+    grads = {}
+    for beta in (0.0, 1.0):
+        logits.grad = None
+        w = class_weights(gt, beta)
+        # expected gradient: both actions, each with probability 1/2, rewards of eq. 12 from m = 1
+        total = 0.0
+        for a in (0, 1):
+            acts = torch.full((1, 10, 10), a, dtype=torch.long)
+            r = (1 - gt) ** 2 - (acts.unsqueeze(1).float() - gt) ** 2
+            total = total + 0.5 * step_losses(logits, acts, torch.zeros_like(gt), r, w)["policy"]
+        total.backward()
+        grads[beta] = (logits.grad[:, 1] - logits.grad[:, 0]).sum().item()
+    assert grads[0.0] > 1e-3          # plain mean: net push towards "zero" on a shared bias
+    assert abs(grads[1.0]) < 1e-6     # balanced: no net push

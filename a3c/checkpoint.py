@@ -1,0 +1,52 @@
+"""Checkpoints: written atomically, loaded with ``weights_only=True``.
+
+A checkpoint is a dict of plain types and tensors:
+``format``, ``config`` (``Config.to_dict()``), ``image_channels``, ``image_size`` [H, W] (as
+trained), ``params`` (count), ``model`` (state dict), ``optimizer`` (Adam state dict),
+``counters`` (``updates``, ``images``, ``epoch``, ``rejected``, ``lr``), ``rng`` (the server's
+torch RNG state) and ``created`` (Unix time).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A missing, unreadable or incompatible checkpoint; one-line message naming the file."""
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> None:
+    """Write ``obj`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint safely; raise CheckpointError with one line on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first[:200]})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT or "model" not in obj or "config" not in obj:
+        raise CheckpointError(f"{path}: not a PixelDRL-MG checkpoint of format {FORMAT}")
+    return obj

@@ -1,0 +1,124 @@
+"""Greedy evaluation of a model over batches of slices, and models rebuilt from checkpoints.
+
+Takes arrays (``(images, masks, idx)`` batches and a ``meta`` callable), not paths, so that core
+``a3c`` never imports the data layer; the monitor, the launcher and ``tools/eval_ckpt.py`` pass
+a store's ``batches`` and ``meta``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from a3c.batch import prepare_batch
+from a3c.checkpoint import load_checkpoint
+from a3c.config import Config, config_from_dict
+from a3c.metrics import aggregate_metrics, overlap_metrics, segmentation_metrics
+from a3c.model import PixelDRLNet, build_model, count_params
+from a3c.rollout import greedy_episode
+
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass
+class Example:
+    """One slice kept for pictures: image [C, H, W], gt [H, W] and the masks m(1..T) [T, H, W]."""
+
+    index: int
+    image: np.ndarray
+    gt: np.ndarray
+    masks: np.ndarray
+
+
+@dataclass
+class EvalResult:
+    per_image: list[dict]                 # per slice: index, case, slice, and the six metrics
+    summary: dict                         # aggregate_metrics of the six metrics
+    step_dice: list[float]                # mean Dice of m(t), t = 1..T (the paper's Fig. 7)
+    examples: list[Example] = field(default_factory=list)
+
+
+def _scaled_spacing(spacing, stored_hw, used_hw):
+    if spacing is None:
+        return None
+    sy, sx = spacing
+    if not (np.isfinite(sy) and np.isfinite(sx)):
+        return None
+    return (float(sy) * stored_hw[0] / used_hw[0], float(sx) * stored_hw[1] / used_hw[1])
+
+
+def evaluate(model: PixelDRLNet, batches: Iterable[Batch], cfg: Config, device: torch.device | str,
+             meta: Callable[[int], dict] | None = None, t_max: int | None = None, max_slices: int = 0,
+             keep_examples: int = 0, progress: Callable[[int], None] | None = None) -> EvalResult:
+    """Greedy t_max-step episodes over the batches; metrics of the final mask per slice.
+
+    HD95 is in the store's spacing units (mm) where the store records spacing, else pixels.
+    """
+    model.eval()
+    t_max = t_max or cfg.env.t_max
+    rows: list[dict] = []
+    step_sums = np.zeros(t_max)
+    examples: list[Example] = []
+    seen = 0
+    for images, masks, idx in batches:
+        if max_slices and seen >= max_slices:
+            break
+        if max_slices:
+            keep = max_slices - seen
+            images, masks, idx = images[:keep], masks[:keep], idx[:keep]
+        x, g = prepare_batch(images, masks, device, cfg.data.image_size)
+        steps = greedy_episode(model, x, cfg.env, t_max=t_max, amp=cfg.train.amp)
+        stack = torch.stack(steps, dim=1).cpu().numpy()  # [B, T, H, W] bool
+        gt = g[:, 0].cpu().numpy() > 0.5
+        for b in range(stack.shape[0]):
+            info = meta(int(idx[b])) if meta else {}
+            spacing = _scaled_spacing(info.get("spacing"), images.shape[-2:], gt.shape[-2:])
+            row = {"index": int(idx[b]), "case": info.get("case"), "slice": info.get("slice")}
+            row.update(segmentation_metrics(stack[b, -1], gt[b], spacing=spacing))
+            rows.append(row)
+            step_sums += [overlap_metrics(stack[b, t], gt[b])["dice"] for t in range(t_max)]
+            if len(examples) < keep_examples:
+                examples.append(Example(int(idx[b]), x[b].float().cpu().numpy(), gt[b], stack[b]))
+        seen += stack.shape[0]
+        if progress:
+            progress(stack.shape[0])
+    keys = ("dice", "ppv", "sen", "iou", "biou", "hd95")
+    summary = aggregate_metrics([{k: r[k] for k in keys} for r in rows])
+    return EvalResult(rows, summary, list(step_sums / max(1, len(rows))), examples)
+
+
+def model_from_checkpoint(ckpt: dict | str, device: torch.device | str = "cpu") -> tuple[PixelDRLNet, Config, dict]:
+    """Rebuild the exact network of a checkpoint (its stored config) -> (model on device, config, ckpt)."""
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    cfg = config_from_dict(ckpt["config"])
+    model = build_model(cfg.model, int(ckpt["image_channels"]), cfg.env.state)
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    assert count_params(model) == int(ckpt["params"])
+    return model, cfg, ckpt
+
+
+def evaluate_checkpoint(ckpt: dict | str, store, split: str, device: torch.device | str, t_max: int | None = None,
+                        max_slices: int = 0, keep_examples: int = 0, batch_size: int | None = None,
+                        progress: Callable[[int], None] | None = None) -> tuple[EvalResult, Config, dict]:
+    """Greedy evaluation of a checkpoint on ``store``'s ``split`` (a store with ``batches`` and ``meta``)."""
+    model, cfg, ckpt = model_from_checkpoint(ckpt, device)
+    channels = int(ckpt["image_channels"])
+    if store.image_shape[0] != channels:
+        raise ValueError(f"{store.path}: images have {store.image_shape[0]} channels, the checkpoint's model takes {channels}")
+    batches = store.batches(split, batch_size or cfg.eval.batch_size)
+    res = evaluate(model, batches, cfg, device, meta=store.meta, t_max=t_max, max_slices=max_slices,
+                   keep_examples=keep_examples, progress=progress)
+    return res, cfg, ckpt
+
+
+def table_row(res: EvalResult, params: int, with_std: bool = True) -> str:
+    """Table-2-style lines: a header and ``DICE PPV SEN IoU BIoU HD95 Params`` (mean ± sd)."""
+    keys = ("dice", "ppv", "sen", "iou", "biou", "hd95")
+    head = "".join(f"{k.upper() if k not in ('iou', 'biou') else {'iou': 'IoU', 'biou': 'BIoU'}[k]:>17}" for k in keys)
+    cells = "".join(f"{res.summary[k]['mean']:>9.4f}±{res.summary[k]['std']:<7.4f}" if with_std
+                    else f"{res.summary[k]['mean']:>17.4f}" for k in keys)
+    return f"{head}{'Params':>10}\n{cells}{params / 1e6:>9.2f}M"

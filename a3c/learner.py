@@ -1,0 +1,81 @@
+"""The optimiser side of PA3C: Adam on the shared parameters, the paper's step LR, gradient checks.
+
+``Learner`` is what the parameter server runs for every pushed gradient; it is a plain object so
+that tests can drive it in one process. The LR is a pure function of the epoch (training slices
+seen / training-set size): ``lr * lr_decay ** floor(epoch / lr_step_epochs)`` (paper: 1e-3, x0.9
+every 25 epochs). It is the same schedule as ``torch.optim.lr_scheduler.StepLR`` stepped once per
+epoch, but it needs no scheduler object and resumes exactly from the stored image counter.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from a3c.config import OptimConfig
+from a3c.model import PixelDRLNet
+from a3c.params import bind_grads, bind_to_flat
+
+
+def lr_at(cfg: OptimConfig, epoch: float) -> float:
+    """Learning rate after ``epoch`` epochs of training slices."""
+    return cfg.lr * cfg.lr_decay ** math.floor(epoch / cfg.lr_step_epochs + 1e-9)
+
+
+class Learner:
+    """Owns the model bound to ``theta`` [P], the Adam state and the counters.
+
+    ``apply(grad [P], n_images)`` rejects non-finite gradients (counted in ``rejected``), clips
+    the global norm when ``grad_clip`` > 0, sets the LR for the current epoch and steps Adam.
+    """
+
+    def __init__(self, model: PixelDRLNet, theta: torch.Tensor, cfg: OptimConfig, n_train: int):
+        self.model, self.cfg, self.n_train = model, cfg, max(1, n_train)
+        bind_to_flat(model, theta)
+        self.theta = theta
+        self.grad = torch.zeros_like(theta)
+        bind_grads(model, self.grad)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.updates = 0
+        self.images = 0
+        self.rejected = 0
+
+    @property
+    def epoch(self) -> float:
+        return self.images / self.n_train
+
+    @property
+    def lr(self) -> float:
+        return lr_at(self.cfg, self.epoch)
+
+    def apply(self, grad: torch.Tensor, n_images: int, before_write=None, after_write=None) -> bool:
+        """One Adam step with ``grad`` [P]; returns False (and changes nothing) if it is not finite."""
+        if not bool(torch.isfinite(grad).all()):
+            self.rejected += 1
+            return False
+        self.grad.copy_(grad)
+        bind_grads(self.model, self.grad)  # in case a caller reset .grad
+        if self.cfg.grad_clip > 0:
+            norm = torch.linalg.vector_norm(self.grad)
+            self.grad.mul_(torch.clamp(self.cfg.grad_clip / (norm + 1e-6), max=1.0))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        if before_write:
+            before_write()
+        self.optimizer.step()
+        if after_write:
+            after_write()
+        self.updates += 1
+        self.images += n_images
+        return True
+
+    def counters(self) -> dict:
+        return {"updates": self.updates, "images": self.images, "epoch": self.epoch,
+                "rejected": self.rejected, "lr": self.lr}
+
+    def load(self, ckpt: dict) -> None:
+        """Restore parameters, Adam state and counters from a checkpoint dict."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        c = ckpt["counters"]
+        self.updates, self.images, self.rejected = int(c["updates"]), int(c["images"]), int(c["rejected"])

@@ -1,0 +1,70 @@
+"""What every child process does first and last: signals, threads, logging, error reports.
+
+``run_child(name, fn, log_dir, threads, *args)`` is the target of every spawned process:
+it dies with the launcher (``PR_SET_PDEATHSIG``), ignores SIGINT (the launcher turns Ctrl-C into
+an orderly stop), sets the torch thread count, logs to ``log_dir/<name>.log``, and on an
+exception logs the traceback, writes its last line to ``log_dir/<name>.err`` for the launcher's
+message, and re-raises (exit code 1). KeyboardInterrupt is a clean exit.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent (the launcher) dies."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
+    if os.getppid() == 1:  # the launcher is already gone
+        os._exit(1)
+
+
+def setup_logging(name: str, log_dir: Path) -> logging.Logger:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.handlers.clear()
+    handler = logging.FileHandler(log_dir / f"{name}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s pid=%(process)d %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    return logger
+
+
+def run_child(name: str, fn: Callable, log_dir: str, threads: int, *args) -> None:
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    logger = setup_logging(name, Path(log_dir))
+    logger.info("started")
+    try:
+        fn(logger, *args)
+        logger.info("finished")
+    except KeyboardInterrupt:
+        logger.info("interrupted")
+    except BaseException as exc:
+        tb = traceback.format_exc()
+        logger.error("failed:\n%s", tb)
+        line = f"{exc.__class__.__name__}: {exc}".splitlines()[0][:300]
+        try:
+            (Path(log_dir) / f"{name}.err").write_text(line + "\n")
+        except OSError:
+            pass
+        print(f"[{name}] {tb}", file=sys.stderr, flush=True)
+        raise

@@ -1,0 +1,108 @@
+"""The monitor process: evaluates each new checkpoint on the validation split into TensorBoard.
+
+It polls ``checkpoints/latest.pt``; for each new update count it runs greedy episodes over the
+validation split, writes ``val/*`` metrics, the Dice after every step (``val_steps/dice_tNN``, the
+paper's Fig. 7) and pictures of a few slices (input, ground truth, mask after each step; second
+row: pixels whose action changed at that step, the paper's Fig. 4), and keeps
+``checkpoints/best.pt`` (+ ``best.json``) by validation Dice. ``finish`` asks for a last look
+before exiting; ``stop`` exits at once.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from a3c.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from a3c.evaluate import EvalResult, Example, evaluate, model_from_checkpoint
+from datasets.store import SliceStore
+from workers.shared import SharedState
+
+
+def example_grid(ex: Example) -> np.ndarray:
+    """Picture of one episode: [2 * H, (2 + T) * W, 3] float in [0, 1].
+
+    Row 1: input (first channel, min-max scaled), ground truth, m(1) .. m(T).
+    Row 2: blank, blank, pixels whose mask changed at step t in red over the dimmed input.
+    """
+    img = ex.image[0]
+    img = (img - img.min()) / (img.max() - img.min() + 1e-8)
+    h, w = img.shape
+    t = ex.masks.shape[0]
+    grid = np.zeros((2 * h, (2 + t) * w, 3), dtype=np.float32)
+    grid[:h, :w] = img[..., None]
+    grid[:h, w:2 * w] = ex.gt[..., None]
+    prev = np.ones((h, w), dtype=bool)
+    for k in range(t):
+        m = ex.masks[k]
+        x0 = (2 + k) * w
+        grid[:h, x0:x0 + w] = m[..., None]
+        changed = m != prev
+        tile = np.repeat(0.4 * img[..., None], 3, axis=2)
+        tile[changed] = (1.0, 0.0, 0.0)
+        grid[h:, x0:x0 + w] = tile
+        prev = m
+    return grid
+
+
+def write_eval(writer: SummaryWriter, res: EvalResult, step: int) -> None:
+    for k, v in res.summary.items():
+        writer.add_scalar(f"val/{k}", v["mean"], step)
+    for t, d in enumerate(res.step_dice, start=1):
+        writer.add_scalar(f"val_steps/dice_t{t:02d}", d, step)
+    for i, ex in enumerate(res.examples):
+        writer.add_image(f"val_examples/slice_{ex.index}", example_grid(ex), step, dataformats="HWC")
+    writer.flush()
+
+
+def watch(logger, cfg_dict: dict, store_path: str, run_dir: str, device_str: str, shared: SharedState,
+          finish, stop) -> None:
+    from a3c.config import config_from_dict
+
+    cfg = config_from_dict(cfg_dict)
+    run = Path(run_dir)
+    latest, best, best_json = run / "checkpoints" / "latest.pt", run / "checkpoints" / "best.pt", run / "checkpoints" / "best.json"
+    store = SliceStore(store_path)
+    writer = SummaryWriter(str(run / "tb"))
+    best_dice = json.loads(best_json.read_text())["dice"] if best_json.exists() else -1.0
+    last_mtime, last_updates = None, -1
+    while not stop.is_set():
+        finishing = finish.is_set()
+        mtime = latest.stat().st_mtime_ns if latest.exists() else None
+        if mtime is None or mtime == last_mtime:
+            if finishing:
+                break
+            time.sleep(cfg.eval.poll_s)
+            continue
+        last_mtime = mtime
+        try:
+            ckpt = load_checkpoint(latest)
+        except CheckpointError as exc:
+            logger.warning("%s", exc)
+            continue
+        updates = int(ckpt["counters"]["updates"])
+        if updates == last_updates:
+            continue
+        last_updates = updates
+        model, _, _ = model_from_checkpoint(ckpt, device_str)
+        res = evaluate(model, store.batches(cfg.data.val_split, cfg.eval.batch_size), cfg, device_str,
+                       meta=store.meta, max_slices=cfg.eval.max_slices, keep_examples=cfg.eval.images)
+        dice = res.summary["dice"]["mean"]
+        write_eval(writer, res, updates)
+        logger.info("update %d: val dice %.4f (step dice %s)", updates, dice, np.round(res.step_dice, 3).tolist())
+        shared.set("val_dice", dice)
+        shared.set("val_updates", updates)
+        if dice > best_dice:
+            best_dice = dice
+            save_checkpoint(ckpt, best)  # the evaluated dict itself: latest.pt may be newer by now
+            info = {"updates": updates, "epoch": float(ckpt["counters"]["epoch"]), "dice": dice,
+                    "summary": res.summary}
+            tmpj = best_json.with_suffix(".json.tmp")
+            tmpj.write_text(json.dumps(info, indent=1))
+            tmpj.replace(best_json)
+            writer.add_scalar("val/best_dice", dice, updates)
+    writer.close()

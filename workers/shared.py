@@ -1,0 +1,68 @@
+"""The tensors the parameter server shares with the workers, allocated once per run.
+
+``theta`` [P] master parameters and ``grads`` [slots, P] one gradient slot per worker rank live on
+the training device (CUDA memory shared by IPC, or shared CPU memory). ``seq`` [1] int64 is a
+seqlock for ``theta``: the server makes it odd while it writes and even after, so a worker's copy
+is consistent when ``seq`` is even and unchanged around it; no lock a dead worker could hold.
+``status`` [len(STATUS)] float64 (CPU) carries counters for the launcher's progress bar.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+STATUS = ("updates", "images", "epoch", "lr", "rejected", "done", "val_dice", "val_updates", "img_steps_per_s")
+
+
+def status_index(name: str) -> int:
+    return STATUS.index(name)
+
+
+@dataclass
+class SharedState:
+    theta: torch.Tensor
+    grads: torch.Tensor
+    seq: torch.Tensor
+    status: torch.Tensor
+
+    @classmethod
+    def allocate(cls, n_params: int, slots: int, device: torch.device) -> "SharedState":
+        theta = torch.zeros(n_params, dtype=torch.float32, device=device)
+        grads = torch.zeros(slots, n_params, dtype=torch.float32, device=device)
+        seq = torch.zeros(1, dtype=torch.int64)
+        status = torch.zeros(len(STATUS), dtype=torch.float64)
+        if device.type == "cpu":
+            theta.share_memory_()
+            grads.share_memory_()
+        seq.share_memory_()
+        status.share_memory_()
+        return cls(theta, grads, seq, status)
+
+    def get(self, name: str) -> float:
+        return float(self.status[status_index(name)])
+
+    def set(self, name: str, value: float) -> None:
+        self.status[status_index(name)] = value
+
+    def begin_write(self) -> None:
+        self.seq += 1
+
+    def end_write(self) -> None:
+        if self.theta.is_cuda:
+            torch.cuda.synchronize(self.theta.device)
+        self.seq += 1
+
+    def read_theta(self, out: torch.Tensor) -> int:
+        """Copy a consistent ``theta`` into ``out`` [P]; returns the parameter version (updates)."""
+        while True:
+            before = int(self.seq[0])
+            if before % 2:
+                time.sleep(0.0005)
+                continue
+            out.copy_(self.theta)
+            if out.is_cuda:
+                torch.cuda.synchronize(out.device)
+            if int(self.seq[0]) == before:
+                return before // 2
