@@ -55,9 +55,10 @@ def cache_dir() -> Path:
 def default_store(cfg: Config) -> Path:
     """The built-in synthetic store for ``cfg.data``, made on first use."""
     d = cfg.data
-    path = cache_dir() / f"synth-c{d.synth_cases}-s{d.synth_size}-seed{cfg.train.seed}.h5"
+    from datasets.synth import GENERATOR_VERSION, make_synthetic_store
+
+    path = cache_dir() / f"synth-v{GENERATOR_VERSION}-c{d.synth_cases}-s{d.synth_size}-seed{cfg.train.seed}.h5"
     if not path.exists():
-        from datasets.synth import make_synthetic_store
 
         path.parent.mkdir(parents=True, exist_ok=True)
         print(f"making the built-in synthetic store {path} ...", file=sys.stderr)

@@ -18,35 +18,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from a3c.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from a3c.evaluate import EvalResult, Example, evaluate, model_from_checkpoint
+from a3c.evaluate import EvalResult, evaluate, example_grid, model_from_checkpoint
 from datasets.store import SliceStore
 from workers.shared import SharedState
-
-
-def example_grid(ex: Example) -> np.ndarray:
-    """Picture of one episode: [2 * H, (2 + T) * W, 3] float in [0, 1].
-
-    Row 1: input (first channel, min-max scaled), ground truth, m(1) .. m(T).
-    Row 2: blank, blank, pixels whose mask changed at step t in red over the dimmed input.
-    """
-    img = ex.image[0]
-    img = (img - img.min()) / (img.max() - img.min() + 1e-8)
-    h, w = img.shape
-    t = ex.masks.shape[0]
-    grid = np.zeros((2 * h, (2 + t) * w, 3), dtype=np.float32)
-    grid[:h, :w] = img[..., None]
-    grid[:h, w:2 * w] = ex.gt[..., None]
-    prev = np.ones((h, w), dtype=bool)
-    for k in range(t):
-        m = ex.masks[k]
-        x0 = (2 + k) * w
-        grid[:h, x0:x0 + w] = m[..., None]
-        changed = m != prev
-        tile = np.repeat(0.4 * img[..., None], 3, axis=2)
-        tile[changed] = (1.0, 0.0, 0.0)
-        grid[h:, x0:x0 + w] = tile
-        prev = m
-    return grid
 
 
 def write_eval(writer: SummaryWriter, res: EvalResult, step: int) -> None:
