@@ -1,0 +1,282 @@
+"""Evaluate a checkpoint on a split of a slice store: greedy episodes, Table-2-style metrics.
+
+::
+
+    python tools/eval_ckpt.py --ckpt FILE --data FILE.h5 [--split test] [--t-max N] [--json OUT]
+                              [--save-png DIR] [--device auto|cpu|cuda] [--max-slices N]
+                              [--batch-size N] [--no-progress]
+
+(also ``python -m tools.eval_ckpt ...``). The checkpoint alone rebuilds the network (its stored
+config, ``a3c.evaluate.evaluate_checkpoint``); every slice of the split runs a greedy episode of
+``t_max`` steps from the all-ones mask and the final mask is scored with the paper's six metrics
+(DICE, PPV, SEN, IoU, BIoU, HD95), aggregated over slices as mean ± sd (population sd).
+
+Exit status: 0 on success; 2 on bad input (missing or unreadable checkpoint, store errors,
+unknown split, channel mismatch, ``--device cuda`` without CUDA), with one ``error: ...`` line on
+stderr and no JSON file written.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import json
+import os
+import re
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+PNG_HELP = ("per slice, write <case>_<slice>_overlay.png (the input's first channel in grey, min-max "
+            "scaled; the prediction filled in semi-transparent red; the ground-truth contour in green, "
+            "drawn on top) and <case>_<slice>_steps.png (a3c.evaluate.example_grid: top row input, "
+            "ground truth, m(1)..m(T); bottom row the pixels changed at each step in red) into DIR; "
+            "images are at the network's input size")
+
+
+class UsageError(Exception):
+    """Bad input; the message is one line."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python tools/eval_ckpt.py",
+        description="Greedy evaluation of a PixelDRL-MG checkpoint on one split of a slice store: "
+                    "per-slice DICE PPV SEN IoU BIoU HD95 of the final mask, printed as a Table-2 row "
+                    "(mean ± sd). HD95 is in mm where the store records spacing, else in pixels.",
+        epilog="Exit status 0 on success, 2 on bad input (one 'error: ...' line on stderr, no JSON written).")
+    ap.add_argument("--ckpt", required=True, help="checkpoint file (a3c.checkpoint format)")
+    ap.add_argument("--data", required=True, help="HDF5 slice store")
+    ap.add_argument("--split", default="test", help="split to evaluate (train, val, test, all, train_50, "
+                                                    "train_100, fold{k}/train, fold{k}/test; default test)")
+    ap.add_argument("--t-max", type=_positive, default=None, metavar="N",
+                    help="steps per episode (default: the checkpoint's env.t_max); sweep it as in Fig. 7")
+    ap.add_argument("--json", default=None, metavar="OUT",
+                    help="write the means, stds, per-step Dice and per-slice metrics as one JSON object "
+                         "(atomically)")
+    ap.add_argument("--save-png", default=None, metavar="DIR", help=PNG_HELP)
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="auto: cuda if available, else cpu (default auto)")
+    ap.add_argument("--max-slices", type=_non_negative, default=0, metavar="N",
+                    help="evaluate only the first N slices of the split (0 = all, the default)")
+    ap.add_argument("--batch-size", type=_positive, default=None, metavar="N",
+                    help="slices per forward batch (default: the checkpoint's eval.batch_size)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    return ap
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return v
+
+
+def _non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
+    return torch.device(name)
+
+
+# ------------------------------------------------------------------------------------ pictures
+def _safe(text) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
+
+
+def overlay(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """[C, H, W] image, [H, W] gt and prediction -> uint8 [H, W, 3]: grey input (first channel,
+    min-max scaled), prediction filled in red at 50 %, ground-truth contour in green on top."""
+    from a3c.metrics import surface_edges
+
+    img = image[0].astype(np.float64)
+    img = (img - img.min()) / (img.max() - img.min() + 1e-8)
+    rgb = np.repeat(img[..., None], 3, axis=2)
+    p = pred.astype(bool)
+    rgb[p] = 0.5 * rgb[p] + 0.5 * np.array([1.0, 0.0, 0.0])
+    rgb[surface_edges(gt.astype(bool))] = (0.0, 1.0, 0.0)
+    return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
+def save_pngs(examples, store, out_dir: Path) -> list[Path]:
+    """Two PNGs per kept example; returns the written paths."""
+    from skimage.io import imsave
+
+    from a3c.evaluate import example_grid
+
+    written = []
+    for ex in examples:
+        info = store.meta(ex.index)
+        stem = f"{_safe(info.get('case', ex.index))}_{_safe(info.get('slice', ex.index))}"
+        over = out_dir / f"{stem}_overlay.png"
+        imsave(over, overlay(ex.image, ex.gt, ex.masks[-1]), check_contrast=False)
+        steps = out_dir / f"{stem}_steps.png"
+        grid = np.clip(np.round(example_grid(ex) * 255.0), 0, 255).astype(np.uint8)
+        imsave(steps, grid, check_contrast=False)
+        written += [over, steps]
+    return written
+
+
+# ------------------------------------------------------------------------------------ output
+def write_json_atomic(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def result_dict(res, cfg, ckpt: dict, args, t_max: int, device, n: int) -> dict:
+    keys = ("dice", "ppv", "sen", "iou", "biou", "hd95")
+    counters = ckpt.get("counters", {}) or {}
+    out = {k: res.summary[k]["mean"] for k in keys}
+    out["std"] = {k: res.summary[k]["std"] for k in keys}
+    out.update({
+        "params": int(ckpt["params"]),
+        "n": n,
+        "slices": n,
+        "split": args.split,
+        "checkpoint": str(Path(args.ckpt).resolve()),
+        "data": str(Path(args.data).resolve()),
+        "updates": int(counters.get("updates", 0)),
+        "epoch": float(counters.get("epoch", 0.0)),
+        "images": int(counters.get("images", 0)),
+        "t_max": t_max,
+        "trained_t_max": int(cfg.env.t_max),
+        "image_size": int(cfg.data.image_size),
+        "device": str(device),
+        "step_dice": [float(v) for v in res.step_dice],
+        "per_image": res.per_image,
+    })
+    return out
+
+
+# ------------------------------------------------------------------------------------ main
+def run(args) -> int:
+    import torch
+
+    from a3c.checkpoint import CheckpointError, load_checkpoint
+    from a3c.config import ConfigError
+    from a3c.evaluate import evaluate_checkpoint, table_row
+    from datasets.store import SliceStore, StoreError
+
+    try:
+        device = resolve_device(args.device)
+        store = SliceStore(args.data)
+        n_split = int(store.indices(args.split).size)
+        n = min(n_split, args.max_slices) if args.max_slices else n_split
+        ckpt = load_checkpoint(args.ckpt)
+        for key in ("image_channels", "params"):
+            if key not in ckpt:
+                raise CheckpointError(f"{args.ckpt}: checkpoint has no {key!r} entry")
+        channels = int(ckpt["image_channels"])
+        if store.image_shape[0] != channels:
+            raise UsageError(f"{args.data}: images have {store.image_shape[0]} channel(s), the model of "
+                             f"{args.ckpt} takes {channels}")
+        out_dir = None
+        if args.save_png:
+            out_dir = Path(args.save_png)
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"{out_dir}: cannot create the PNG folder ({exc.strerror or exc})") from None
+    except (UsageError, CheckpointError, StoreError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, unit="slice", desc=f"eval {args.split}", file=sys.stderr, dynamic_ncols=True)
+    try:
+        try:
+            res, cfg, ckpt = evaluate_checkpoint(ckpt, store, args.split, device, t_max=args.t_max,
+                                                 max_slices=args.max_slices,
+                                                 keep_examples=n if out_dir is not None else 0,
+                                                 batch_size=args.batch_size,
+                                                 progress=bar.update if bar is not None else None)
+        except (StoreError, CheckpointError) as exc:
+            raise UsageError(_one_line(exc)) from None
+        except ConfigError as exc:
+            raise UsageError(f"{args.ckpt}: bad stored config ({_one_line(exc)})") from None
+        except ValueError as exc:  # channel mismatch (already checked above) and friends
+            raise UsageError(_one_line(exc)) from None
+        except (KeyError, RuntimeError, AssertionError, TypeError) as exc:
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                raise
+            raise UsageError(f"{args.ckpt}: cannot rebuild or run the model "
+                             f"({type(exc).__name__}: {_one_line(exc)})") from None
+    except UsageError as exc:
+        if bar is not None:
+            bar.leave = False
+            bar.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    if bar is not None:
+        bar.close()
+
+    t_max = int(args.t_max or cfg.env.t_max)
+    counters = ckpt.get("counters", {}) or {}
+    print(f"checkpoint {args.ckpt} (updates {int(counters.get('updates', 0))}, "
+          f"epoch {float(counters.get('epoch', 0.0)):.2f}), split {args.split} of {args.data}: "
+          f"{len(res.per_image)} slices, t_max {t_max}, device {device}")
+    print(table_row(res, int(ckpt["params"])))
+    print("Dice per step: " + " ".join(f"{v:.4f}" for v in res.step_dice))
+
+    try:
+        if out_dir is not None:
+            written = save_pngs(res.examples, store, out_dir)
+            print(f"wrote {len(written)} PNGs to {out_dir}")
+        if args.json:
+            write_json_atomic(result_dict(res, cfg, ckpt, args, t_max, device, len(res.per_image)), Path(args.json))
+            print(f"wrote {args.json}")
+    except OSError as exc:
+        name = getattr(exc, "filename", None) or args.json or args.save_png
+        print(f"error: {name}: cannot write ({exc.strerror or _one_line(exc)})", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
