@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 FORMAT = 1
+REQUIRED_KEYS = ("format", "config", "image_channels", "params", "model", "counters")
 
 
 class CheckpointError(RuntimeError):
@@ -45,8 +46,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first[:200]})") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT or "model" not in obj or "config" not in obj:
-        raise CheckpointError(f"{path}: not a PixelDRL-MG checkpoint of format {FORMAT}")
+        text = str(exc).strip()
+        if "Weights only load failed" in text:
+            why = "it holds objects a safe load refuses to build"
+        else:
+            why = text.splitlines()[0][:200] if text else exc.__class__.__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({why})") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(obj, dict) or k not in obj]
+    if missing or obj.get("format") != FORMAT:
+        what = f"missing {', '.join(missing)}" if missing else f"format {obj.get('format')!r}"
+        raise CheckpointError(f"{path}: not a PixelDRL-MG checkpoint of format {FORMAT} ({what})")
     return obj

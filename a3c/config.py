@@ -49,7 +49,7 @@ class EnvConfig:
     """The per-pixel agents: state, mask update and reward (eq. 12)."""
 
     t_max: int = _f(10, "steps per episode, in training and at inference")
-    mask_update: str = _f("replace", "replace: m(t+1) = a(t); multiply: m(t+1) = m(t) * a(t) (zeroed pixels stay zero)")
+    mask_update: str = _f("multiply", "multiply: m(t+1) = m(t) * a(t) (\"do nothing\" keeps a zeroed pixel zero); replace: m(t+1) = a(t)")
     state: str = _f("masked", "masked: X(t) = I * m(t); stacked: channels [I, m(t)]")
 
 

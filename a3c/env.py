@@ -4,9 +4,12 @@ Every pixel i is an agent with a binary mask value m_i. Actions: 0 = "set to zer
 (background), 1 = "do nothing" (keep, object). ``m(0)`` is all ones.
 
 Mask update (``env.mask_update``):
-  * ``replace``  : m(t+1) = a(t). Later steps can add pixels back (the paper's Fig. 4 shows
-    boundary fine-tuning after step 4), so this is the default.
-  * ``multiply`` : m(t+1) = m(t) * a(t). A zeroed pixel stays zero (ablation).
+  * ``multiply`` : m(t+1) = m(t) * a(t). "Do nothing" leaves the pixel as it is, so a zeroed
+    pixel stays zero: the paper's words read literally, and the default. Every step's action
+    then decides the final mask, so every step gets full credit in the returns.
+  * ``replace``  : m(t+1) = a(t). Later steps can add pixels back (ablation). With eq. 12's
+    rewards the returns telescope and a step before the last is credited only (1 - gamma) of
+    its effect; measured on the synthetic set it learns far slower (README).
 State given to the network (``env.state``):
   * ``masked``   : X(t) = I * m(t), the paper's input (Fig. 1).
   * ``stacked``  : channels [I, m(t)], which keeps the intensity of zeroed pixels.

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from a3c.batch import prepare_batch
-from a3c.checkpoint import load_checkpoint
+from a3c.checkpoint import CheckpointError, load_checkpoint
 from a3c.config import Config, config_from_dict
 from a3c.metrics import aggregate_metrics, overlap_metrics, segmentation_metrics
 from a3c.model import PixelDRLNet, build_model, count_params
@@ -54,6 +54,9 @@ def evaluate(model: PixelDRLNet, batches: Iterable[Batch], cfg: Config, device: 
              keep_examples: int = 0, progress: Callable[[int], None] | None = None) -> EvalResult:
     """Greedy t_max-step episodes over the batches; metrics of the final mask per slice.
 
+    On CUDA with ``train.amp`` the network runs in bf16 autocast, as in training, so GPU
+    figures may differ slightly from CPU (float32) ones.
+
     HD95 is in the store's spacing units (mm) where the store records spacing, else pixels.
     """
     model.eval()
@@ -63,8 +66,6 @@ def evaluate(model: PixelDRLNet, batches: Iterable[Batch], cfg: Config, device: 
     examples: list[Example] = []
     seen = 0
     for images, masks, idx in batches:
-        if max_slices and seen >= max_slices:
-            break
         if max_slices:
             keep = max_slices - seen
             images, masks, idx = images[:keep], masks[:keep], idx[:keep]
@@ -84,6 +85,8 @@ def evaluate(model: PixelDRLNet, batches: Iterable[Batch], cfg: Config, device: 
         seen += stack.shape[0]
         if progress:
             progress(stack.shape[0])
+        if max_slices and seen >= max_slices:
+            break
     keys = ("dice", "ppv", "sen", "iou", "biou", "hd95")
     summary = aggregate_metrics([{k: r[k] for k in keys} for r in rows])
     return EvalResult(rows, summary, list(step_sums / max(1, len(rows))), examples)
@@ -95,9 +98,13 @@ def model_from_checkpoint(ckpt: dict | str, device: torch.device | str = "cpu") 
         ckpt = load_checkpoint(ckpt)
     cfg = config_from_dict(ckpt["config"])
     model = build_model(cfg.model, int(ckpt["image_channels"]), cfg.env.state)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint parameters do not fit its own config ({str(exc).splitlines()[0][:200]})") from None
+    if count_params(model) != int(ckpt["params"]):
+        raise CheckpointError(f"checkpoint says {ckpt['params']} parameters, its config builds {count_params(model)}")
     model.to(device).eval()
-    assert count_params(model) == int(ckpt["params"])
     return model, cfg, ckpt
 
 

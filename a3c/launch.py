@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -113,6 +114,7 @@ class Launcher:
         self.starts: dict[int, int] = {}
         self.restarts = 0
         self.server = self.monitor = None
+        self.started = False  # True once the server, the workers and the monitor all run
         self.start_updates = int(resume["counters"]["updates"]) if resume else 0
 
     def _spawn(self, name: str, fn, threads: int, *args) -> mp.Process:
@@ -151,6 +153,7 @@ class Launcher:
         self.monitor = self._spawn("monitor", watch, max(1, cfg.train.threads_per_worker), cfg.to_dict(),
                                    str(self.store.path), str(self.run), str(self.device), self.shared,
                                    self.finish, self.stop_monitor)
+        self.started = True
 
     def _start_worker(self, rank: int, conn) -> None:
         gen = self.starts.get(rank, 0)
@@ -278,8 +281,13 @@ def resolve(args: argparse.Namespace) -> tuple[Config, dict | None, Path]:
     return cfg, resume, run
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM stops the run like Ctrl-C
     launcher = None
     try:
         cfg, resume, run = resolve(args)
@@ -312,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         return report(run, store, cfg, device, wall)
     except KeyboardInterrupt:
         print("\ninterrupted: writing a final checkpoint and stopping", file=sys.stderr)
-        if launcher is not None and launcher.server is not None:
+        if launcher is not None and launcher.started:
             launcher.request_stop()
             launcher.wind_down(evaluate_last=False)
         return 130

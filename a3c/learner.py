@@ -79,3 +79,36 @@ class Learner:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         c = ckpt["counters"]
         self.updates, self.images, self.rejected = int(c["updates"]), int(c["images"]), int(c["rejected"])
+
+
+def train_single_process(model: PixelDRLNet, cfg, sample, n_train: int, updates: int,
+                         device: torch.device | str = "cpu", callback=None) -> Learner:
+    """Algorithm 1 in one process: ``updates`` reference updates applied by a ``Learner``.
+
+    ``sample(rng) -> (images [B, C, H, W] float32, masks [B, H, W] uint8)`` draws a batch with
+    the numpy generator seeded ``train.seed``; actions are sampled with a torch generator seeded
+    the same. This is what one worker of rank 0 does, with no other worker beside it, so the
+    trainer's parameters after k updates must equal these (a test checks). ``callback(update,
+    stats)`` runs after every update. Returns the learner (its model holds the parameters).
+    """
+    import numpy as np
+
+    from a3c.batch import prepare_batch
+    from a3c.params import grads_into, numel
+    from a3c.rollout import reference_update
+
+    model.to(device)
+    learner = Learner(model, torch.zeros(numel(model), device=device), cfg.optim, n_train)
+    rng = np.random.default_rng(cfg.train.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    grad = torch.zeros_like(learner.theta)
+    for u in range(1, updates + 1):
+        images, masks = sample(rng)[:2]
+        x, g = prepare_batch(images, masks, device, cfg.data.image_size)
+        model.zero_grad(set_to_none=True)
+        stats = reference_update(model, x, g, cfg, gen)
+        grads_into(model, grad)
+        learner.apply(grad, len(images))
+        if callback:
+            callback(u, stats)
+    return learner

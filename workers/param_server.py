@@ -123,6 +123,7 @@ def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train
                     checkpoint("stop requested")
                     shared.set("done", 1)
                 elif msg[0] == "exit":
+                    log.flush(learner.counters(), time.monotonic())
                     writer.close()
                     return
                 continue

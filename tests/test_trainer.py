@@ -1,0 +1,236 @@
+"""The asynchronous trainer end to end, on a tiny synthetic store, and the faults it must survive."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from a3c.checkpoint import load_checkpoint
+from a3c.config import load_config
+from a3c.learner import Learner, lr_at, train_single_process
+from a3c.model import build_model
+from a3c.params import flatten, numel
+from tests.conftest import ROOT, run_module
+
+SMOKE = "configs/smoke.yaml"
+
+
+def launch_args(store, run_dir, workers=2, *overrides):
+    return ["-m", "a3c.launch", "--workers", str(workers), "--config", SMOKE, "--data", str(store),
+            "--run-dir", str(run_dir), "--device", "cpu", "--no-progress", *overrides]
+
+
+def start_launch(store, run_dir, workers=2, *overrides, env=None) -> subprocess.Popen:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.Popen([sys.executable, *launch_args(store, run_dir, workers, *overrides)], cwd=ROOT,
+                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def child_pids(run_dir: Path) -> dict[str, int]:
+    """pid of each child from its log's first line (``... name pid=N INFO started``); the last start wins."""
+    pids = {}
+    for log in (run_dir / "logs").glob("*.log"):
+        for line in log.read_text().splitlines():
+            if line.endswith("INFO started"):
+                pids[log.stem] = int(line.split("pid=")[1].split()[0])
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(cond, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def updates_in(path: Path) -> int:
+    return int(load_checkpoint(path)["counters"]["updates"])
+
+
+def test_end_to_end_two_workers(tiny_store, tmp_path):
+    run = tmp_path / "run"
+    res = run_module(launch_args(tiny_store, run, 2, "train.max_updates=12"))
+    assert res.returncode == 0, res.stderr
+    ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert ckpt["counters"]["updates"] == 12
+    cfg = load_config(SMOKE)
+    torch.manual_seed(cfg.train.seed)
+    fresh = build_model(cfg.model, 1, cfg.env.state)
+    assert any(not torch.equal(v, fresh.state_dict()[k]) for k, v in ckpt["model"].items()), "parameters unchanged"
+    assert (run / "checkpoints" / "best.pt").exists() and (run / "checkpoints" / "best.json").exists()
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert 0.0 <= metrics["dice"] <= 1.0 and "DICE" in res.stdout
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars, images, texts = set(), set(), set()
+    for ev in (run / "tb").glob("events.*"):
+        acc = EventAccumulator(str(ev), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+        acc.Reload()
+        scalars |= set(acc.Tags()["scalars"])
+        images |= set(acc.Tags()["images"])
+        texts |= set(acc.Tags()["tensors"])
+    for tag in ("losses/policy_loss", "losses/value_loss", "losses/entropy", "charts/mean_reward",
+                "charts/learning_rate", "charts/img_steps_per_s", "charts/staleness", "charts/rejected_grads",
+                "val/dice", "val/ppv", "val/sen", "val/iou", "val/biou", "val/hd95", "val_steps/dice_t01",
+                "val_steps/dice_t03"):
+        assert tag in scalars, tag
+    assert any(t.startswith("val_examples/") for t in images)
+    assert any("config" in t for t in texts)
+
+    out = tmp_path / "eval.json"
+    res = run_module(["tools/eval_ckpt.py", "--ckpt", str(run / "checkpoints" / "best.pt"), "--data", str(tiny_store),
+                      "--json", str(out), "--no-progress"])
+    assert res.returncode == 0, res.stderr
+    assert json.loads(out.read_text())["params"] == ckpt["params"]
+
+
+def test_one_worker_equals_sequential_reference_updates(tiny_store, tmp_path):
+    k = 4
+    run = tmp_path / "run"
+    res = run_module(launch_args(tiny_store, run, 1, f"train.max_updates={k}", "optim.lr=0.01"))
+    assert res.returncode == 0, res.stderr
+    served = load_checkpoint(run / "checkpoints" / "latest.pt")
+
+    from datasets.store import SliceStore
+
+    cfg = load_config(SMOKE, [f"train.max_updates={k}", "optim.lr=0.01"])
+    store = SliceStore(tiny_store)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the worker: the same summation order
+    try:
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg.model, 1, cfg.env.state)
+        learner = train_single_process(model, cfg, lambda rng: store.sample("train", cfg.train.batch_size, rng),
+                                       len(store.indices("train")), k)
+    finally:
+        torch.set_num_threads(threads)
+    for name, value in model.state_dict().items():
+        assert torch.allclose(served["model"][name], value, rtol=1e-5, atol=1e-6), name
+    assert served["counters"]["images"] == learner.images
+
+
+def test_learner_rejects_non_finite_gradients():
+    cfg = load_config(SMOKE)
+    model = build_model(cfg.model, 1)
+    learner = Learner(model, torch.zeros(numel(model)), cfg.optim, 10)
+    before = flatten(model)
+    bad = torch.zeros(numel(model))
+    bad[3] = float("nan")
+    assert not learner.apply(bad, 2)
+    bad[3] = float("inf")
+    assert not learner.apply(bad, 2)
+    assert learner.rejected == 2 and learner.updates == 0
+    assert torch.equal(flatten(model), before)
+    assert learner.apply(torch.ones(numel(model)), 2)
+    assert not torch.equal(flatten(model), before)
+
+
+def test_lr_schedule_steps_every_25_epochs():
+    cfg = load_config("configs/paper.yaml").optim
+    assert lr_at(cfg, 0) == pytest.approx(1e-3)
+    assert lr_at(cfg, 24.99) == pytest.approx(1e-3)
+    assert lr_at(cfg, 25) == pytest.approx(9e-4)
+    assert lr_at(cfg, 199) == pytest.approx(1e-3 * 0.9 ** 7)
+
+
+def test_nan_gradients_are_never_applied(tiny_store, tmp_path):
+    run = tmp_path / "run"
+    res = run_module(launch_args(tiny_store, run, 1, "train.max_updates=6"), env={"PIXELDRL_FAULT_NAN_EVERY": "2"})
+    assert res.returncode == 0, res.stderr
+    ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert ckpt["counters"]["rejected"] >= 3 and ckpt["counters"]["updates"] == 6
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_worker_raising_repeatedly_stops_the_run(tiny_store, tmp_path):
+    run = tmp_path / "run"
+    res = run_module(launch_args(tiny_store, run, 2, "train.max_updates=1000", "train.max_worker_restarts=2"),
+                     env={"PIXELDRL_FAULT_RAISE": "1"}, timeout=120)
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: workers failed") and "injected fault" in last
+
+
+def test_killed_worker_is_replaced_and_run_completes(tiny_store, tmp_path):
+    run = tmp_path / "run"
+    proc = start_launch(tiny_store, run, 2, "train.max_updates=1500")
+    try:
+        latest = run / "checkpoints" / "latest.pt"
+        wait_for(lambda: "worker0" in child_pids(run) and latest.exists() and updates_in(latest) > 0,
+                 what="a running worker 0")
+        pid = child_pids(run)["worker0"]
+        os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "worker 0 died (killed by signal 9)" in err
+    assert (run / "logs" / "worker0.log").read_text().count("INFO started") == 2
+    assert updates_in(run / "checkpoints" / "latest.pt") == 1500
+
+
+def test_ctrl_c_writes_checkpoint_and_leaves_nothing(tiny_store, tmp_path):
+    shm_before = set(os.listdir("/dev/shm"))
+    run = tmp_path / "run"
+    proc = start_launch(tiny_store, run, 2, "train.max_updates=100000")
+    try:
+        wait_for(lambda: (run / "checkpoints" / "latest.pt").exists() and len(child_pids(run)) == 4,
+                 what="a running trainer")
+        pids = child_pids(run)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 10.0
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert not [name for name, pid in pids.items() if alive(pid)]
+    assert "checkpoint (stop requested)" in (run / "logs" / "server.log").read_text()
+    assert updates_in(run / "checkpoints" / "latest.pt") > 0
+    leftovers = {f for f in set(os.listdir("/dev/shm")) - shm_before if "torch" in f or f.startswith(("psm_", "mp-"))}
+    assert not leftovers
+
+
+def test_launcher_sigkill_then_resume_continues(tiny_store, tmp_path):
+    run = tmp_path / "run"
+    proc = start_launch(tiny_store, run, 2, "train.max_updates=100000")
+    try:
+        latest = run / "checkpoints" / "latest.pt"
+        wait_for(lambda: latest.exists() and updates_in(latest) > 0, what="a checkpoint with updates")
+        pids = child_pids(run)
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    wait_for(lambda: not any(alive(p) for p in pids.values()), timeout=10, what="children to die with the launcher")
+    saved = load_checkpoint(latest)
+    u0 = int(saved["counters"]["updates"])
+    res = run_module(["-m", "a3c.launch", "--workers", "2", "--run-dir", str(run), "--resume", "--device", "cpu",
+                      "--no-progress", f"train.max_updates={u0 + 10}"])
+    assert res.returncode == 0, res.stderr
+    final = load_checkpoint(latest)
+    assert final["counters"]["updates"] == u0 + 10
+    assert final["counters"]["images"] > saved["counters"]["images"]
+    assert f"resumed at update {u0}" in (run / "logs" / "server.log").read_text()
+    # Adam's step count continued from the saved state rather than restarting
+    steps = [s["step"] for s in final["optimizer"]["state"].values()]
+    assert min(float(s) for s in steps) == u0 + 10
