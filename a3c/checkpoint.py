@@ -4,7 +4,9 @@ A checkpoint is a dict of plain types and tensors:
 ``format``, ``config`` (``Config.to_dict()``), ``image_channels``, ``image_size`` [H, W] (as
 trained), ``params`` (count), ``model`` (state dict), ``optimizer`` (Adam state dict),
 ``counters`` (``updates``, ``images``, ``epoch``, ``rejected``, ``lr``), ``rng`` (the server's
-torch RNG state) and ``created`` (Unix time).
+torch RNG state), ``preprocess`` (the training store's ``normalisation``, ``converter``, channel
+attributes and ``image_shape`` [C, H, W]: how new images must be prepared) and ``created``
+(Unix time).
 """
 from __future__ import annotations
 

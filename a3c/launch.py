@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import queue
 import signal
 import subprocess
 import sys
@@ -65,6 +66,14 @@ def default_store(cfg: Config) -> Path:
         print(f"making the built-in synthetic store {path} ...", file=sys.stderr)
         make_synthetic_store(path, cases=d.synth_cases, size=d.synth_size, seed=cfg.train.seed)
     return path
+
+
+def preprocess_info(store: SliceStore) -> dict:
+    """What a checkpoint records of its training data, so new images can be prepared the same way."""
+    keep = ("normalisation", "converter", "channel_names", "channels", "percentiles", "source", "schema_version")
+    info = {k: v for k, v in store.attrs.items() if k in keep and isinstance(v, (str, int, float, list))}
+    info["image_shape"] = list(store.image_shape)
+    return info
 
 
 def pick_device(name: str) -> torch.device:
@@ -133,14 +142,14 @@ class Launcher:
         n_train = len(self.store.indices(cfg.data.train_split))
         self.server = self._spawn("server", serve, max(1, cfg.train.threads_per_worker), cfg.to_dict(), c, size,
                                   n_train, str(self.run), str(self.device), n, {r: p[0] for r, p in pipes.items()},
-                                  server_ctrl, init_q, self.resume)
+                                  server_ctrl, init_q, self.resume, preprocess_info(self.store))
         server_ctrl.close()
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
             try:
                 _, self.shared = init_q.get(timeout=0.5)
                 break
-            except Exception:  # queue.Empty
+            except queue.Empty:
                 if not self.server.is_alive():
                     raise RunError(f"the parameter server failed to start: {self.last_error('server')}")
                 if time.monotonic() > deadline:

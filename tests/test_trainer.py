@@ -71,6 +71,7 @@ def test_end_to_end_two_workers(tiny_store, tmp_path):
     assert res.returncode == 0, res.stderr
     ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert ckpt["counters"]["updates"] == 12
+    assert ckpt["preprocess"]["image_shape"] == [1, 32, 32] and ckpt["preprocess"]["normalisation"]
     cfg = load_config(SMOKE)
     torch.manual_seed(cfg.train.seed)
     fresh = build_model(cfg.model, 1, cfg.env.state)
@@ -234,3 +235,19 @@ def test_launcher_sigkill_then_resume_continues(tiny_store, tmp_path):
     # Adam's step count continued from the saved state rather than restarting
     steps = [s["step"] for s in final["optimizer"]["state"].values()]
     assert min(float(s) for s in steps) == u0 + 10
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--data", "/nonexistent/store.h5"], "/nonexistent/store.h5"),
+    (["train.nope=1"], "unknown key train.nope"),
+    (["env.state=weird"], "env.state"),
+    (["--resume"], "needs --run-dir"),
+    (["--run-dir", "/nonexistent/run", "--resume"], "no such checkpoint"),
+])
+def test_launch_bad_input_is_one_line_exit_2(tiny_store, extra, message):
+    args = ["-m", "a3c.launch", "--workers", "1", "--config", SMOKE, "--no-progress"]
+    if "--data" not in extra:
+        args += ["--data", str(tiny_store)]
+    res = run_module(args + extra, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr.strip().splitlines()[-1]

@@ -70,7 +70,7 @@ def budget_spent(cfg, counters: dict) -> bool:
 
 
 def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train: int, run_dir: str,
-          device_str: str, slots: int, conns: dict, ctrl, init_q, resume: dict | None) -> None:
+          device_str: str, slots: int, conns: dict, ctrl, init_q, resume: dict | None, preprocess: dict) -> None:
     cfg = config_from_dict(cfg_dict)
     device = torch.device(device_str)
     run = Path(run_dir)
@@ -94,7 +94,7 @@ def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train
                "image_size": list(image_size), "params": count_params(model),
                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                "optimizer": learner.optimizer.state_dict(), "counters": learner.counters(),
-               "rng": torch.get_rng_state(), "created": time.time()}
+               "rng": torch.get_rng_state(), "preprocess": preprocess, "created": time.time()}
         save_checkpoint(obj, run / "checkpoints" / "latest.pt")
         logger.info("checkpoint (%s) at update %d", reason, learner.updates)
 

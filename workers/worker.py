@@ -52,6 +52,8 @@ def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int
         pushed += 1
         if nan_every and pushed % nan_every == 0:
             slot[0] = float("nan")
+        if slot.is_cuda:  # the server reads the slot from another process: the copy must be done
+            torch.cuda.synchronize(device)
         conn.send(("grad", rank, version, stats.n_images, stats.as_dict()))
         if conn.recv() == "stop":
             logger.info("worker %d stopping after %d updates", rank, pushed)
