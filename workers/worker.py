@@ -24,6 +24,16 @@ from datasets.store import SliceStore
 from workers.shared import SharedState
 
 
+def peak_memory(device: torch.device) -> str:
+    """``peak_rss_mib=N`` (this process) and, on CUDA, ``peak_cuda_mib=N`` (allocated tensors)."""
+    import resource
+
+    out = f"peak_rss_mib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}"
+    if device.type == "cuda":
+        out += f" peak_cuda_mib={torch.cuda.max_memory_allocated(device) / 2**20:.1f}"
+    return out
+
+
 def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int, shared: SharedState,
          conn, device_str: str, seed: int) -> None:
     cfg = config_from_dict(cfg_dict)
@@ -56,5 +66,5 @@ def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int
             torch.cuda.synchronize(device)
         conn.send(("grad", rank, version, stats.n_images, stats.as_dict()))
         if conn.recv() == "stop":
-            logger.info("worker %d stopping after %d updates", rank, pushed)
+            logger.info("worker %d stopping after %d updates; %s", rank, pushed, peak_memory(device))
             return

@@ -1,0 +1,190 @@
+"""Throughput and memory of the trainer: the asynchronous system against a batched reference.
+
+    python bench/throughput.py [--config FILE] [--size S] [--batch B] [--t-max T] [--workers 1,2]
+                               [--updates N] [--device cpu|cuda] [--modes async,batched]
+                               [--rollout onestep|full] [--peak-tflops X] [overrides ...]
+
+For each worker count W it prints one JSON line per mode:
+
+* ``async``: the real trainer (``python -m a3c.launch``) with W workers of batch B on a
+  synthetic store of S x S slices, one torch thread per worker; image-steps/s is the median of
+  the server's ``charts/img_steps_per_s`` after the first quarter of the run; memory is the
+  largest worker peak (RSS; CUDA allocated memory on a GPU) from the workers' logs.
+* ``batched``: one process running ``reference_update`` on batches of W * B with W threads, the
+  same total work per update and the same cores.
+
+Each line carries ``mode, workers, batch, t_max, size, device, rollout, img_steps_per_s,
+updates_per_s, peak_mem_mib, flops_per_img_step`` (forward and backward as the rollout mode
+does them, counted with ``torch.utils.flop_counter``), ``mfu`` on CUDA with ``--peak-tflops``,
+and for async the ratio to the batched line of the same W. Figures are for comparison on one
+machine; on a shared machine compare ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from a3c.config import load_config  # noqa: E402
+
+
+def flops_per_img_step(cfg, channels: int, size: int, device: str) -> float:
+    """FLOPs of one reference update on one image, divided by t_max (includes the backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from a3c.model import build_model
+    from a3c.rollout import reference_update
+
+    model = build_model(cfg.model, channels, cfg.env.state).to(device)
+    x = torch.rand(1, channels, size, size, device=device)
+    g = (torch.rand(1, 1, size, size, device=device) > 0.7).float()
+    with FlopCounterMode(display=False) as counter:
+        reference_update(model, x, g, cfg, torch.Generator(device=device).manual_seed(0))
+    return counter.get_total_flops() / cfg.env.t_max
+
+
+def batched(cfg, store_path: str, workers: int, updates: int, device: str) -> dict:
+    """The single-process reference: batch workers * B, ``workers`` threads."""
+    import numpy as np
+
+    from a3c.batch import prepare_batch
+    from a3c.model import build_model
+    from a3c.rollout import reference_update
+    from datasets.store import SliceStore
+
+    torch.set_num_threads(workers)
+    store = SliceStore(store_path)
+    model = build_model(cfg.model, store.image_shape[0], cfg.env.state).to(device)
+    rng, gen = np.random.default_rng(0), torch.Generator(device=device).manual_seed(0)
+    batch = workers * cfg.train.batch_size
+    warm = max(2, updates // 5)
+    for u in range(updates + warm):
+        if u == warm:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        images, masks, _ = store.sample("train", batch, rng)
+        x, g = prepare_batch(images, masks, device, cfg.data.image_size)
+        model.zero_grad(set_to_none=True)
+        reference_update(model, x, g, cfg, gen)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device == "cuda":
+        mem = torch.cuda.max_memory_allocated() / 2**20
+    return {"img_steps_per_s": updates * batch * cfg.env.t_max / dt, "updates_per_s": updates / dt, "peak_mem_mib": mem}
+
+
+def run_async(args, store_path: str, workers: int, overrides: list[str]) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with tempfile.TemporaryDirectory() as run:
+        cmd = [sys.executable, "-m", "a3c.launch", "--workers", str(workers), "--data", store_path,
+               "--run-dir", run, "--device", args.device, "--no-progress",
+               f"train.max_updates={args.updates}", "train.checkpoint_interval_s=100000", *overrides]
+        if args.config:
+            cmd[3:3] = ["--config", args.config]
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        wall = time.perf_counter() - t0
+        if res.returncode != 0:
+            raise SystemExit(f"async run failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
+        rates = []
+        for ev in Path(run, "tb").glob("events.*"):
+            acc = EventAccumulator(str(ev), size_guidance={"scalars": 0})
+            acc.Reload()
+            if "charts/img_steps_per_s" in acc.Tags()["scalars"]:
+                rates = [(e.step, e.value) for e in acc.Scalars("charts/img_steps_per_s")]
+        steady = [v for s, v in rates if s >= args.updates // 4 and v > 0] or [v for _, v in rates]
+        mems = []
+        for log in Path(run, "logs").glob("worker*.log"):
+            for line in log.read_text().splitlines():
+                key = "peak_cuda_mib=" if args.device == "cuda" else "peak_rss_mib="
+                if key in line:
+                    mems.append(float(line.split(key)[1].split()[0]))
+    rate = statistics.median(steady) if steady else 0.0
+    t_max = load_config(args.config, overrides).env.t_max
+    batch = load_config(args.config, overrides).train.batch_size
+    return {"img_steps_per_s": rate, "updates_per_s": rate / (t_max * batch), "peak_mem_mib": max(mems) if mems else None,
+            "wall_s": round(wall, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=None, help="per worker (default: the config's)")
+    ap.add_argument("--t-max", type=int, default=None)
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--updates", type=int, default=60)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--modes", default="async,batched")
+    ap.add_argument("--rollout", default=None, choices=("onestep", "full"))
+    ap.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (e.g. bf16 dense)")
+    ap.add_argument("--_batched", nargs=2, metavar=("STORE", "WORKERS"), help=argparse.SUPPRESS)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    overrides = list(args.overrides)
+    if args.batch:
+        overrides.append(f"train.batch_size={args.batch}")
+    if args.t_max:
+        overrides.append(f"env.t_max={args.t_max}")
+    if args.rollout:
+        overrides.append(f"train.rollout={args.rollout}")
+    overrides.append("train.epochs=0")
+    cfg = load_config(args.config, overrides + [f"train.max_updates={args.updates}"])
+    if args._batched:
+        print(json.dumps(batched(cfg, args._batched[0], int(args._batched[1]), args.updates, args.device)))
+        return 0
+
+    from datasets.synth import make_synthetic_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = str(Path(tmp) / "bench.h5")
+        make_synthetic_store(store, cases=8, size=args.size, slices=8, seed=0)
+        flops = flops_per_img_step(cfg, 1, args.size, args.device)
+        for w in [int(x) for x in args.workers.split(",")]:
+            lines = {}
+            for mode in args.modes.split(","):
+                if mode == "batched":  # a fresh process, so that its peak memory is its own
+                    cmd = [sys.executable, __file__, "--_batched", store, str(w), "--updates", str(args.updates),
+                           "--device", args.device, *(["--config", args.config] if args.config else []), *overrides]
+                    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                    if res.returncode != 0:
+                        raise SystemExit(res.stderr.strip().splitlines()[-1])
+                    m = json.loads(res.stdout.strip().splitlines()[-1])
+                else:
+                    m = run_async(args, store, w, overrides)
+                line = {"mode": mode, "workers": w, "batch": cfg.train.batch_size, "t_max": cfg.env.t_max,
+                        "size": args.size, "device": args.device, "rollout": cfg.train.rollout,
+                        "img_steps_per_s": round(m["img_steps_per_s"], 2), "updates_per_s": round(m["updates_per_s"], 3),
+                        "peak_mem_mib": None if m["peak_mem_mib"] is None else round(m["peak_mem_mib"], 1),
+                        "flops_per_img_step": flops}
+                if args.device == "cuda" and args.peak_tflops:
+                    line["mfu"] = round(m["img_steps_per_s"] * flops / (args.peak_tflops * 1e12), 4)
+                if "wall_s" in m:
+                    line["wall_s"] = m["wall_s"]
+                lines[mode] = line
+            if "async" in lines and "batched" in lines and lines["batched"]["img_steps_per_s"] > 0:
+                lines["async"]["ratio_to_batched"] = round(lines["async"]["img_steps_per_s"] / lines["batched"]["img_steps_per_s"], 3)
+            for line in lines.values():
+                print(json.dumps(line), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
