@@ -218,15 +218,13 @@ class Launcher:
         try:
             while not self.shared.get("done"):
                 self.check_children()
-                bar.n = int(self.shared.get("updates"))
                 post = {"epoch": f"{self.shared.get('epoch'):.2f}", "img-steps/s": f"{self.shared.get('img_steps_per_s'):.1f}"}
                 if self.shared.get("val_updates") > 0:
                     post["val_dice"] = f"{self.shared.get('val_dice'):.4f}"
                 bar.set_postfix(post, refresh=False)
-                bar.refresh()
+                bar.update(int(self.shared.get("updates")) - bar.n)  # redraws at most every mininterval
                 time.sleep(0.5)
-            bar.n = int(self.shared.get("updates"))
-            bar.refresh()
+            bar.update(int(self.shared.get("updates")) - bar.n)
         finally:
             bar.close()
 
