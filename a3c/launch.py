@@ -70,7 +70,7 @@ def default_store(cfg: Config) -> Path:
 
 def preprocess_info(store: SliceStore) -> dict:
     """What a checkpoint records of its training data, so new images can be prepared the same way."""
-    keep = ("normalisation", "converter", "channel_names", "channels", "percentiles", "source", "schema_version")
+    keep = ("normalisation", "converter", "arguments", "channel_names", "source", "schema_version")
     info = {k: v for k, v in store.attrs.items() if k in keep and isinstance(v, (str, int, float, list))}
     info["image_shape"] = list(store.image_shape)
     return info
