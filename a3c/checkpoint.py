@@ -10,11 +10,11 @@ attributes and ``image_shape`` [C, H, W]: how new images must be prepared) and `
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from a3c.fileio import write_atomic
 
 FORMAT = 1
 REQUIRED_KEYS = ("format", "config", "image_channels", "params", "model", "counters")
@@ -26,18 +26,7 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(obj: dict, path: str | Path) -> None:
     """Write ``obj`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda fh: torch.save(obj, fh))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -35,6 +35,7 @@ import torch.multiprocessing as mp
 from a3c.checkpoint import CheckpointError, load_checkpoint
 from a3c.config import Config, ConfigError, apply_dict, config_from_dict, load_config, parse_overrides
 from a3c.evaluate import evaluate_checkpoint, table_row
+from a3c.fileio import write_json_atomic
 from datasets.store import SliceStore, StoreError
 from workers.common import run_child
 from workers.monitor import watch
@@ -356,7 +357,7 @@ def report(run: Path, store: SliceStore, cfg: Config, device: torch.device, wall
             "split": cfg.data.test_split, "slices": len(res.per_image), "wall_s": round(wall, 1),
             "params": int(ckpt["params"]), **{k: v["mean"] for k, v in res.summary.items()},
             "std": {k: v["std"] for k, v in res.summary.items()}, "step_dice": res.step_dice}
-    (run / "test_metrics.json").write_text(json.dumps(info, indent=1))
+    write_json_atomic(info, run / "test_metrics.json")
     print(f"\ntest split '{cfg.data.test_split}' ({len(res.per_image)} slices), {path.name} "
           f"from update {info['updates']}, trained {wall:.0f} s:")
     print(table_row(res, info["params"]))

@@ -24,23 +24,19 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
-import json
-import os
 import re
-import tempfile
 from typing import Sequence
 
 import numpy as np
+
+from a3c.fileio import write_json_atomic
+from tools.common import UsageError, non_negative_int, one_line, positive_int, resolve_device
 
 PNG_HELP = ("per slice, write <case>_<slice>_overlay.png (the input's first channel in grey, min-max "
             "scaled; the prediction filled in semi-transparent red; the ground-truth contour in green, "
             "drawn on top) and <case>_<slice>_steps.png (a3c.evaluate.example_grid: top row input, "
             "ground truth, m(1)..m(T); bottom row the pixels changed at each step in red) into DIR; "
             "images are at the network's input size")
-
-
-class UsageError(Exception):
-    """Bad input; the message is one line."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", required=True, help="HDF5 slice store")
     ap.add_argument("--split", default="test", help="split to evaluate (train, val, test, all, train_50, "
                                                     "train_100, fold{k}/train, fold{k}/test; default test)")
-    ap.add_argument("--t-max", type=_positive, default=None, metavar="N",
+    ap.add_argument("--t-max", type=positive_int, default=None, metavar="N",
                     help="steps per episode (default: the checkpoint's env.t_max); sweep it as in Fig. 7")
     ap.add_argument("--json", default=None, metavar="OUT",
                     help="write the means, stds, per-step Dice and per-slice metrics as one JSON object "
@@ -62,50 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--save-png", default=None, metavar="DIR", help=PNG_HELP)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                     help="auto: cuda if available, else cpu (default auto)")
-    ap.add_argument("--max-slices", type=_non_negative, default=0, metavar="N",
+    ap.add_argument("--max-slices", type=non_negative_int, default=0, metavar="N",
                     help="evaluate only the first N slices of the split (0 = all, the default)")
-    ap.add_argument("--batch-size", type=_positive, default=None, metavar="N",
+    ap.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                     help="slices per forward batch (default: the checkpoint's eval.batch_size)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return ap
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return v
-
-
-def _non_negative(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
-    return torch.device(name)
-
-
-# ------------------------------------------------------------------------------------ pictures
 def _safe(text) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
 
@@ -144,21 +104,6 @@ def save_pngs(examples, store, out_dir: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------ output
-def write_json_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def result_dict(res, cfg, ckpt: dict, args, t_max: int, device, n: int) -> dict:
     keys = ("dice", "ppv", "sen", "iou", "biou", "hd95")
     counters = ckpt.get("counters", {}) or {}
@@ -214,7 +159,7 @@ def run(args) -> int:
             except OSError as exc:
                 raise UsageError(f"{out_dir}: cannot create the PNG folder ({exc.strerror or exc})") from None
     except (UsageError, CheckpointError, StoreError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 
     bar = None
@@ -230,16 +175,16 @@ def run(args) -> int:
                                                  batch_size=args.batch_size,
                                                  progress=bar.update if bar is not None else None)
         except (StoreError, CheckpointError) as exc:
-            raise UsageError(_one_line(exc)) from None
+            raise UsageError(one_line(exc)) from None
         except ConfigError as exc:
-            raise UsageError(f"{args.ckpt}: bad stored config ({_one_line(exc)})") from None
+            raise UsageError(f"{args.ckpt}: bad stored config ({one_line(exc)})") from None
         except ValueError as exc:  # channel mismatch (already checked above) and friends
-            raise UsageError(_one_line(exc)) from None
+            raise UsageError(one_line(exc)) from None
         except (KeyError, RuntimeError, AssertionError, TypeError) as exc:
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 raise
             raise UsageError(f"{args.ckpt}: cannot rebuild or run the model "
-                             f"({type(exc).__name__}: {_one_line(exc)})") from None
+                             f"({type(exc).__name__}: {one_line(exc)})") from None
     except UsageError as exc:
         if bar is not None:
             bar.leave = False
@@ -268,7 +213,7 @@ def run(args) -> int:
             print(f"wrote {args.json}")
     except OSError as exc:
         name = getattr(exc, "filename", None) or args.json or args.save_png
-        print(f"error: {name}: cannot write ({exc.strerror or _one_line(exc)})", file=sys.stderr)
+        print(f"error: {name}: cannot write ({exc.strerror or one_line(exc)})", file=sys.stderr)
         return 2
     return 0
 

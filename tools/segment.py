@@ -49,13 +49,14 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import argparse
 import gzip
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+
+from a3c.fileio import write_bytes_atomic
+from tools.common import UsageError, one_line, positive_int, resolve_device
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
@@ -63,17 +64,8 @@ DEFAULT_NORMALISATION = "percentile_0.5_99.5_nonzero_per_case_channel_to_0_1"
 _NORM_RE = re.compile(r"percentile_(?P<lo>[0-9.eE+-]+)_(?P<hi>[0-9.eE+-]+)_nonzero_per_case_channel_to_0_1")
 
 
-class UsageError(Exception):
-    """Bad checkpoint, device or output folder; the message is one line. Nothing is processed."""
-
-
 class InputError(Exception):
     """One input cannot be segmented; the message is one line ``FILE: problem``."""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
 
 
 # ------------------------------------------------------------------------------------ checkpoint
@@ -270,7 +262,7 @@ def read_volume(path: Path, prep: Preprocess) -> Loaded:
         img = nib.load(str(path))
         shape = tuple(int(s) for s in img.shape)
     except Exception as exc:
-        raise InputError(f"{path}: cannot read NIfTI ({_one_line(exc)})") from None
+        raise InputError(f"{path}: cannot read NIfTI ({one_line(exc)})") from None
     if len(shape) not in (2, 3, 4):
         raise InputError(f"{path}: expected a 2-D, 3-D or 4-D volume, got shape {shape}")
     n_in = shape[3] if len(shape) == 4 else 1
@@ -283,12 +275,12 @@ def read_volume(path: Path, prep: Preprocess) -> Loaded:
     try:
         arr = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as exc:
-        raise InputError(f"{path}: cannot read NIfTI data ({_one_line(exc)})") from None
+        raise InputError(f"{path}: cannot read NIfTI data ({one_line(exc)})") from None
     try:
         check_finite(arr, path)
         slices = volume_to_slices(arr, path)
     except ConvertError as exc:
-        raise InputError(_one_line(exc)) from None
+        raise InputError(one_line(exc)) from None
     return Loaded(slices, shape[:3], img)
 
 
@@ -333,7 +325,7 @@ def read_image(path: Path, prep: Preprocess) -> Loaded:
 
             arr = np.asarray(iio.imread(path))
     except Exception as exc:
-        raise InputError(f"{path}: cannot read image ({_one_line(exc)})") from None
+        raise InputError(f"{path}: cannot read image ({one_line(exc)})") from None
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
@@ -351,7 +343,7 @@ def read_image(path: Path, prep: Preprocess) -> Loaded:
     try:
         check_finite(arr, path)
     except ConvertError as exc:
-        raise InputError(_one_line(exc)) from None
+        raise InputError(one_line(exc)) from None
     arr = match_channels(arr, prep, path)
     return Loaded(arr[None].astype(np.float32), tuple(arr.shape[1:]))
 
@@ -413,20 +405,6 @@ def nifti_bytes(mask: np.ndarray, like) -> bytes:
     return gzip.compress(out.to_bytes(), compresslevel=6)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_outputs(src: Path, paths: list[Path], overwrite: bool, claimed: dict[Path, Path]) -> None:
     for p in paths:
         if p.resolve() in claimed and claimed[p.resolve()] != src:
@@ -464,7 +442,7 @@ def segment_input(src: Path, kind: str, model, cfg, prep: Preprocess, args, devi
     except RuntimeError as exc:
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        raise InputError(f"{src}: the model cannot run on it ({_one_line(exc)})") from None
+        raise InputError(f"{src}: the model cannot run on it ({one_line(exc)})") from None
 
     if kind == "nifti":
         vol = np.moveaxis(final, 0, 2).reshape(loaded.out_shape).astype(np.uint8)
@@ -474,21 +452,11 @@ def segment_input(src: Path, kind: str, model, cfg, prep: Preprocess, args, devi
     written = []
     x_np = x.float().cpu().numpy() if args.save_steps else None
     for k in range(n if args.save_steps else 0):
-        write_atomic(pics[2 * k], png_bytes(steps_picture(x_np[k], steps[k])))
-        write_atomic(pics[2 * k + 1], png_bytes(overlay_picture(norm[k], final[k])))
+        write_bytes_atomic(pics[2 * k], png_bytes(steps_picture(x_np[k], steps[k])))
+        write_bytes_atomic(pics[2 * k + 1], png_bytes(overlay_picture(norm[k], final[k])))
         written += pics[2 * k:2 * k + 2]
-    write_atomic(mask_path, data)
+    write_bytes_atomic(mask_path, data)
     return [mask_path, *written]
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
-    return torch.device(name)
 
 
 def load_model(path: str, device):
@@ -501,27 +469,17 @@ def load_model(path: str, device):
         ckpt = load_checkpoint(path)
         model, cfg, ckpt = model_from_checkpoint(ckpt, device)
     except CheckpointError as exc:
-        msg = _one_line(exc)
+        msg = one_line(exc)
         raise UsageError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
     except ConfigError as exc:
-        raise UsageError(f"{path}: bad stored config ({_one_line(exc)})") from None
+        raise UsageError(f"{path}: bad stored config ({one_line(exc)})") from None
     except (KeyError, ValueError, TypeError, RuntimeError, AssertionError) as exc:
-        raise UsageError(f"{path}: cannot rebuild the model ({type(exc).__name__}: {_one_line(exc)})") from None
+        raise UsageError(f"{path}: cannot rebuild the model ({type(exc).__name__}: {one_line(exc)})") from None
     prep, warnings = preprocess_from_checkpoint(ckpt, cfg, str(path))
     return model, cfg, prep, warnings
 
 
 # ------------------------------------------------------------------------------------ CLI
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return v
-
-
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m tools.segment",
@@ -537,7 +495,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, metavar="DIR", help="output folder (made if missing)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                     help="auto: cuda if available, else cpu (default auto)")
-    ap.add_argument("--t-max", type=_positive, default=None, metavar="N",
+    ap.add_argument("--t-max", type=positive_int, default=None, metavar="N",
                     help="steps per episode (default: the checkpoint's env.t_max)")
     ap.add_argument("--save-steps", action="store_true",
                     help="also write <stem>_steps.png (the mask after each step) and <stem>_overlay.png per slice")
@@ -556,7 +514,7 @@ def run(args) -> int:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"{out_dir}: cannot create the output folder ({exc.strerror or _one_line(exc)})") from None
+            raise UsageError(f"{out_dir}: cannot create the output folder ({exc.strerror or one_line(exc)})") from None
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -583,7 +541,7 @@ def run(args) -> int:
                 written = segment_input(src, kind, model, cfg, prep, args, device, claimed, progress)
             except (InputError, OSError) as exc:
                 msg = str(exc) if isinstance(exc, InputError) else \
-                    f"{src}: cannot write {getattr(exc, 'filename', None) or 'output'} ({exc.strerror or _one_line(exc)})"
+                    f"{src}: cannot write {getattr(exc, 'filename', None) or 'output'} ({exc.strerror or one_line(exc)})"
                 bar.write(f"error: {msg}", file=sys.stderr)
                 errors.append(msg)
                 bar.total = max(bar.n, bar.total - (planned - done[0]))

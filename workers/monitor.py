@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from a3c.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from a3c.fileio import write_json_atomic
 from a3c.evaluate import EvalResult, evaluate, example_grid, model_from_checkpoint
 from datasets.store import SliceStore
 from workers.shared import SharedState
@@ -75,8 +75,6 @@ def watch(logger, cfg_dict: dict, store_path: str, run_dir: str, device_str: str
             save_checkpoint(ckpt, best)  # the evaluated dict itself: latest.pt may be newer by now
             info = {"updates": updates, "epoch": float(ckpt["counters"]["epoch"]), "dice": dice,
                     "summary": res.summary}
-            tmpj = best_json.with_suffix(".json.tmp")
-            tmpj.write_text(json.dumps(info, indent=1))
-            tmpj.replace(best_json)
+            write_json_atomic(info, best_json)
             writer.add_scalar("val/best_dice", dice, updates)
     writer.close()

@@ -13,7 +13,6 @@ import time
 from multiprocessing.connection import wait
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
