@@ -15,7 +15,7 @@ import torch
 from a3c.batch import prepare_batch
 from a3c.checkpoint import CheckpointError, load_checkpoint
 from a3c.config import Config, config_from_dict
-from a3c.metrics import aggregate_metrics, overlap_metrics, segmentation_metrics
+from a3c.metrics import METRIC_KEYS, TABLE_HEADER, aggregate_metrics, overlap_metrics, segmentation_metrics
 from a3c.model import PixelDRLNet, build_model, count_params
 from a3c.rollout import greedy_episode
 
@@ -87,8 +87,7 @@ def evaluate(model: PixelDRLNet, batches: Iterable[Batch], cfg: Config, device: 
             progress(stack.shape[0])
         if max_slices and seen >= max_slices:
             break
-    keys = ("dice", "ppv", "sen", "iou", "biou", "hd95")
-    summary = aggregate_metrics([{k: r[k] for k in keys} for r in rows])
+    summary = aggregate_metrics([{k: r[k] for k in METRIC_KEYS} for r in rows])
     return EvalResult(rows, summary, list(step_sums / max(1, len(rows))), examples)
 
 
@@ -122,12 +121,10 @@ def evaluate_checkpoint(ckpt: dict | str, store, split: str, device: torch.devic
     return res, cfg, ckpt
 
 
-def table_row(res: EvalResult, params: int, with_std: bool = True) -> str:
-    """Table-2-style lines: a header and ``DICE PPV SEN IoU BIoU HD95 Params`` (mean ± sd)."""
-    keys = ("dice", "ppv", "sen", "iou", "biou", "hd95")
-    head = "".join(f"{k.upper() if k not in ('iou', 'biou') else {'iou': 'IoU', 'biou': 'BIoU'}[k]:>17}" for k in keys)
-    cells = "".join(f"{res.summary[k]['mean']:>9.4f}±{res.summary[k]['std']:<7.4f}" if with_std
-                    else f"{res.summary[k]['mean']:>17.4f}" for k in keys)
+def table_row(res: EvalResult, params: int) -> str:
+    """Table-2-style lines: the header ``DICE PPV SEN IoU BIoU HD95 Params`` and mean ± sd per column."""
+    head = "".join(f"{name:>17}" for name in TABLE_HEADER.split())
+    cells = "".join(f"{res.summary[k]['mean']:>9.4f}±{res.summary[k]['std']:<7.4f}" for k in METRIC_KEYS)
     return f"{head}{'Params':>10}\n{cells}{params / 1e6:>9.2f}M"
 
 

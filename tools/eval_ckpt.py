@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from a3c.fileio import write_json_atomic
+from a3c.metrics import METRIC_KEYS
 from tools.common import UsageError, non_negative_int, one_line, positive_int, resolve_device
 
 PNG_HELP = ("per slice, write <case>_<slice>_overlay.png (the input's first channel in grey, min-max "
@@ -105,7 +106,7 @@ def save_pngs(examples, store, out_dir: Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------ output
 def result_dict(res, cfg, ckpt: dict, args, t_max: int, device, n: int) -> dict:
-    keys = ("dice", "ppv", "sen", "iou", "biou", "hd95")
+    keys = METRIC_KEYS
     counters = ckpt.get("counters", {}) or {}
     out = {k: res.summary[k]["mean"] for k in keys}
     out["std"] = {k: res.summary[k]["std"] for k in keys}
