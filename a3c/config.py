@@ -36,7 +36,6 @@ class ModelConfig:
 
     in_channels: int = _f(0, "image channels; 0 = take them from the data store")
     width: int = _f(32, "channels of conv1_x; VGG16 at half width is 32 (blocks 2-4 use 2x, 4x, 8x)")
-    sources: list = _f([1, 2, 3], "VGG blocks whose last conv (conv1_2, conv2_2, conv3_3, conv4_3) feed the heads")
     head_channels: int = _f(184, "channels of every conv layer in the policy and the value net")
     head_dilations: list = _f([1, 2, 3, 4, 3, 2, 1], "dilation of each 3x3 conv layer of a head (one entry per layer)")
     dilation: bool = _f(True, "dilated convolutions (DC); false sets every dilation to 1 (Table 3 ablation)")
@@ -243,8 +242,6 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     if m.width < 1 or m.head_channels < 1:
         raise ConfigError("model.width and model.head_channels must be positive")
-    if not m.sources or any(s not in (1, 2, 3, 4) for s in m.sources) or len(set(m.sources)) != len(m.sources):
-        raise ConfigError(f"model.sources: expected distinct VGG blocks from 1..4, got {m.sources}")
     if not m.head_dilations or any(d < 1 for d in m.head_dilations):
         raise ConfigError(f"model.head_dilations: expected positive integers, got {m.head_dilations}")
     if m.reward_kernel < 1 or m.reward_kernel % 2 == 0:
