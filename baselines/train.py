@@ -1,0 +1,460 @@
+"""Train a supervised baseline on a slice store and score it like PixelDRL-MG.
+
+::
+
+    python -m baselines.train MODEL --data FILE.h5 --out DIR [--epochs N | --max-updates N]
+        [--batch 8] [--lr 1e-3] [--image-size S] [--device auto|cpu|cuda] [--seed 0]
+        [--train-split train] [--val-split val] [--test-split test] [--width W]
+        [--val-every N] [--threads N] [--no-progress]
+
+or ``train_baseline(name, store_path, out_dir, ...)`` from Python (returns the test-metrics dict).
+
+Training: Adam (constant learning rate), loss ``monai.losses.DiceCELoss(sigmoid=True)`` (soft Dice
+on sigmoid probabilities, per image, plus binary cross-entropy on the logits, weights 1 and 1).
+Each update draws ``--batch`` distinct random slices of the train split (``SliceStore.sample``);
+one epoch is ``ceil(n_train / batch)`` updates. No augmentation. Every ``--val-every`` updates
+(default: one epoch) and after the last update the model's mean per-slice Dice on the val split
+(``a3c.metrics.overlap_metrics``, the same Dice as the test table) is measured; a strictly better
+one is saved atomically to ``DIR/best.pt`` (``--val-split none``: no validation, the final model
+is saved). The best checkpoint is then reloaded and evaluated on the test split: prediction
+``sigmoid(logits) > 0.5`` at the network's input size (``--image-size``, as PixelDRL-MG's
+evaluation), per-slice ``a3c.metrics.segmentation_metrics`` with the store's spacing scaled to
+that size (HD95 in mm where the store records spacing, else pixels), aggregated with
+``aggregate_metrics`` (mean and population sd). Prints a Table-2 row
+(``a3c.evaluate.table_row``) and writes ``DIR/test_metrics.json`` atomically.
+
+CPU threads: ``--threads 1`` by default (as PixelDRL-MG's workers, ``train.threads_per_worker``);
+torch's default of one intra-op thread per core can be ~100x slower on a machine whose cores are
+busy with other jobs (OpenMP threads waiting for each other), see docs/BASELINES.md.
+
+Exit status: 0 on success; 2 on bad input (missing or unreadable store, unknown model, unknown
+or empty split, bad width, ``--device cuda`` without CUDA, an output folder that cannot be
+created) with one ``error: ...`` line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from a3c.batch import prepare_batch
+from a3c.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from a3c.evaluate import EvalResult, _scaled_spacing, table_row
+from a3c.fileio import write_json_atomic
+from a3c.metrics import METRIC_KEYS, aggregate_metrics, overlap_metrics, segmentation_metrics
+from baselines.models import BASELINES, WIDTHS, BaselineNet, build_baseline, count_params, parse_width
+
+__all__ = ["BaselineError", "DEFAULT_EPOCHS", "evaluate_baseline", "model_from_baseline_checkpoint",
+           "train_baseline", "main"]
+
+DEFAULT_EPOCHS = 50
+THRESHOLD = 0.5
+LOSS_NAME = "DiceCELoss(sigmoid=True): soft Dice + BCE-with-logits, weights 1 and 1"
+NO_SPLIT = ("", "none")
+
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class BaselineError(ValueError):
+    """Bad input to the trainer (model, width, split, device, output folder): one line."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto|cpu|cuda -> torch.device (the rules of tools.common.resolve_device, which this
+    package may not import)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BaselineError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
+    if name != "cpu" and name != "cuda":
+        raise BaselineError(f"unknown device {name!r} (auto, cpu or cuda)")
+    return torch.device(name)
+
+
+# ------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
+    """Binary masks bool [B, H, W]: sigmoid(logits) > threshold."""
+    return torch.sigmoid(model(x).float())[:, 0] > threshold
+
+
+def evaluate_baseline(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device | str,
+                      image_size: int = 0, meta: Callable[[int], dict] | None = None,
+                      threshold: float = THRESHOLD, max_slices: int = 0, dice_only: bool = False,
+                      progress: Callable[[int], None] | None = None) -> EvalResult:
+    """Score a probability model over ``(images, masks, idx)`` batches, as ``a3c.evaluate.evaluate``
+    scores PixelDRL-MG's final mask: per-slice ``segmentation_metrics`` of
+    ``sigmoid(logits) > threshold`` against the ground truth at the network's input size
+    (``image_size``, 0 = as stored), spacing from ``meta(idx)`` scaled to that size.
+
+    ``dice_only``: rows carry only ``dice`` (``overlap_metrics``; for validation). The result's
+    ``step_dice`` is empty (one-shot prediction) and ``examples`` too. Leaves the model in eval mode.
+    """
+    model.eval()
+    rows: list[dict] = []
+    seen = 0
+    for images, masks, idx in batches:
+        if max_slices:
+            keep = max_slices - seen
+            images, masks, idx = images[:keep], masks[:keep], idx[:keep]
+        x, g = prepare_batch(images, masks, device, image_size)
+        pred = predict(model, x, threshold).cpu().numpy()
+        gt = g[:, 0].cpu().numpy() > 0.5
+        for b in range(pred.shape[0]):
+            info = meta(int(idx[b])) if meta else {}
+            row = {"index": int(idx[b]), "case": info.get("case"), "slice": info.get("slice")}
+            if dice_only:
+                row["dice"] = overlap_metrics(pred[b], gt[b])["dice"]
+            else:
+                spacing = _scaled_spacing(info.get("spacing"), images.shape[-2:], gt.shape[-2:])
+                row.update(segmentation_metrics(pred[b], gt[b], spacing=spacing))
+            rows.append(row)
+        seen += pred.shape[0]
+        if progress:
+            progress(pred.shape[0])
+        if max_slices and seen >= max_slices:
+            break
+    keys = ("dice",) if dice_only else METRIC_KEYS
+    summary = aggregate_metrics([{k: r[k] for k in keys} for r in rows])
+    return EvalResult(rows, summary, [], [])
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def _spec(model: BaselineNet) -> dict:
+    return {"name": model.name, "width": model.width, "in_channels": model.in_channels,
+            "size_hint": list(model.size_hint) if model.size_hint else None}
+
+
+def model_from_baseline_checkpoint(ckpt: dict | str | Path, device: torch.device | str = "cpu") -> tuple[BaselineNet, dict]:
+    """Rebuild a baseline from its checkpoint (``best.pt``) -> (model on device in eval mode, ckpt)."""
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    spec = ckpt.get("baseline")
+    if ckpt.get("kind") != "baseline" or not isinstance(spec, dict):
+        raise CheckpointError("not a baseline checkpoint (a PixelDRL-MG one? use tools/eval_ckpt.py)")
+    try:
+        model = build_baseline(spec["name"], int(spec["in_channels"]), spec.get("size_hint"), width=spec["width"])
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"baseline checkpoint does not rebuild ({_one_line(exc)})") from None
+    if count_params(model) != int(ckpt["params"]):
+        raise CheckpointError(f"checkpoint says {ckpt['params']} parameters, its spec builds {count_params(model)}")
+    return model.to(device).eval(), ckpt
+
+
+# ------------------------------------------------------------------------------ training
+@dataclass
+class _Run:
+    """Validated settings of one training run."""
+
+    name: str
+    width: float
+    store: "object"          # datasets.store.SliceStore (not imported at module level)
+    out: Path
+    device: torch.device
+    train_split: str
+    val_split: str | None
+    test_split: str
+    n_train: int
+    n_val: int
+    n_test: int
+    epochs: float | None
+    max_updates: int | None
+    batch: int
+    lr: float
+    image_size: int
+    seed: int
+    val_every: int
+    progress: bool
+    command: dict
+
+
+def train_baseline(name: str, store_path: str | Path, out_dir: str | Path, *, epochs: float | None = None,
+                   max_updates: int | None = None, batch: int = 8, lr: float = 1e-3, image_size: int = 0,
+                   device: str = "auto", seed: int = 0, train_split: str = "train", val_split: str | None = "val",
+                   test_split: str = "test", width: float | str = 1.0, val_every: int = 0,
+                   threads: int = 1, progress: bool = True, command: dict | None = None,
+                   log: Callable[[str], None] | None = None) -> dict:
+    """Train baseline ``name`` on ``store_path``, keep the best by val Dice in ``out_dir/best.pt``,
+    evaluate it on ``test_split``, write ``out_dir/test_metrics.json`` and return that dict.
+
+    Schedule: ``max_updates`` updates if given, else ``epochs`` (default ``DEFAULT_EPOCHS``) times
+    ``ceil(n_train / batch)``. ``val_every`` 0 = once per epoch. ``val_split`` None/"none" = no
+    validation (the final model is kept). ``threads`` > 0 sets torch's intra-op threads for the
+    call (restored afterwards; default 1, as PixelDRL-MG's workers); 0 keeps torch's default. ``log`` receives the summary lines (the
+    CLI passes ``print``). Raises ``BaselineError`` or ``datasets.store.StoreError`` (one-line
+    messages) on bad input, before any training.
+    """
+    from datasets.store import SliceStore
+
+    t_start = time.perf_counter()
+    if command is None:
+        command = {"api": "train_baseline", "name": name, "store_path": str(store_path), "out_dir": str(out_dir),
+                   "epochs": epochs, "max_updates": max_updates, "batch": batch, "lr": lr,
+                   "image_size": image_size, "device": device, "seed": seed, "train_split": train_split,
+                   "val_split": val_split, "test_split": test_split, "width": width, "val_every": val_every,
+                   "threads": threads}
+
+    # ---------------------------------------------------------------- validate everything first
+    if name not in BASELINES:
+        raise BaselineError(f"unknown model {name!r}; known: {', '.join(BASELINES)}")
+    try:
+        w = parse_width(width)
+    except ValueError as exc:
+        raise BaselineError(str(exc)) from None
+    if epochs is not None and max_updates is not None:
+        raise BaselineError("give epochs or max_updates, not both")
+    if max_updates is not None and int(max_updates) < 1:
+        raise BaselineError(f"max_updates must be >= 1, got {max_updates}")
+    if epochs is not None and not float(epochs) > 0:
+        raise BaselineError(f"epochs must be > 0, got {epochs}")
+    if int(batch) < 1 or not float(lr) > 0 or int(image_size) < 0 or int(val_every) < 0 or int(threads) < 0:
+        raise BaselineError(f"need batch >= 1, lr > 0, image_size >= 0, val_every >= 0, threads >= 0 "
+                            f"(got {batch}, {lr}, {image_size}, {val_every}, {threads})")
+    dev = resolve_device(device)
+    if val_split is not None and val_split.strip().lower() in NO_SPLIT:
+        val_split = None
+    store = SliceStore(store_path)
+    old_threads = torch.get_num_threads()
+    try:
+        n_train = int(store.indices(train_split).size)
+        n_val = int(store.indices(val_split).size) if val_split else 0
+        n_test = int(store.indices(test_split).size)
+        out = Path(out_dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BaselineError(f"{out}: cannot create the output folder ({exc.strerror or _one_line(exc)})") from None
+        if not out.is_dir():
+            raise BaselineError(f"{out}: not a folder")
+        if threads:
+            torch.set_num_threads(int(threads))
+        run = _Run(name, w, store, out, dev, train_split, val_split, test_split, n_train, n_val, n_test,
+                   None if epochs is None else float(epochs), None if max_updates is None else int(max_updates),
+                   int(batch), float(lr), int(image_size), int(seed), int(val_every), bool(progress), command)
+        return _train(run, log or (lambda line: None), t_start)
+    finally:
+        store.close()
+        torch.set_num_threads(old_threads)
+
+
+def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
+    from monai.losses import DiceCELoss
+    from tqdm import tqdm
+
+    store, dev = r.store, r.device
+    channels, h0, w0 = store.image_shape
+    used_hw = (r.image_size, r.image_size) if r.image_size else (h0, w0)
+    torch.manual_seed(r.seed)
+    rng = np.random.default_rng(r.seed)
+    model = build_baseline(r.name, channels, used_hw, width=r.width).to(dev)
+    params = count_params(model)
+    loss_fn = DiceCELoss(sigmoid=True)
+    opt = torch.optim.Adam(model.parameters(), lr=r.lr)
+    per_epoch = math.ceil(r.n_train / r.batch)
+    if r.max_updates is not None:
+        total = r.max_updates
+    else:
+        total = max(1, int(round((r.epochs or DEFAULT_EPOCHS) * per_epoch)))
+    every = r.val_every or per_epoch
+    eval_batch = max(r.batch, 16)
+    ckpt_path = r.out / "best.pt"
+    say(f"{r.name} (width {r.width:g}, {params:,d} parameters, {channels}-channel {used_hw[0]}x{used_hw[1]} "
+        f"input) on {store.path}: {r.n_train} train slices ({r.train_split}), {r.n_val} val "
+        f"({r.val_split or 'none'}), {r.n_test} test ({r.test_split}); {total} updates of batch {r.batch} "
+        f"({total / per_epoch:.2f} epochs), lr {r.lr:g}, device {dev}, {torch.get_num_threads()} thread(s)")
+
+    def checkpoint(updates: int, val_dice: float | None) -> dict:
+        return {
+            "format": FORMAT, "kind": "baseline", "baseline": _spec(model),
+            # A config section a3c's config loader rejects, so tools/eval_ckpt.py refuses this file
+            # with one line instead of building a PixelDRL-MG network from defaults.
+            "config": {"baseline": _spec(model)},
+            "image_channels": int(channels), "image_size": list(used_hw), "params": int(params),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "counters": {"updates": int(updates), "images": int(updates * r.batch),
+                         "epoch": float(updates / per_epoch), "lr": r.lr},
+            "val_dice": val_dice,
+            "preprocess": {k: store.attrs.get(k) for k in ("normalisation", "converter")}
+                          | {"image_shape": [int(s) for s in store.image_shape]},
+            "created": time.time(),
+        }
+
+    history: list[dict] = []
+    best, best_update = -1.0, 0
+    bar = tqdm(total=total, unit="upd", desc=f"train {r.name}", file=sys.stderr, dynamic_ncols=True,
+               disable=not r.progress)
+    t_train = time.perf_counter()
+    model.train()
+    loss_ema = None
+    try:
+        for u in range(1, total + 1):
+            images, masks, _ = store.sample(r.train_split, r.batch, rng)
+            x, g = prepare_batch(images, masks, dev, r.image_size)
+            loss = loss_fn(model(x), g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            lv = float(loss.detach())
+            loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
+            bar.update(1)
+            if r.val_split and (u % every == 0 or u == total):
+                res = evaluate_baseline(model, store.batches(r.val_split, eval_batch), dev, r.image_size,
+                                        dice_only=True)
+                model.train()
+                d = float(res.summary["dice"]["mean"])
+                history.append({"update": u, "epoch": u / per_epoch, "loss": loss_ema, "val_dice": d})
+                if d > best:
+                    best, best_update = d, u
+                    save_checkpoint(checkpoint(u, d), ckpt_path)
+                bar.set_postfix(loss=f"{loss_ema:.3f}", val=f"{d:.3f}", best=f"{best:.3f}@{best_update}")
+                if r.progress:
+                    bar.write(f"update {u}/{total}: loss {loss_ema:.4f}, val Dice {d:.4f} "
+                              f"(best {best:.4f} at {best_update})", file=sys.stderr)
+            elif u % 10 == 0:
+                bar.set_postfix(loss=f"{loss_ema:.3f}")
+        if not r.val_split:
+            best_update = total
+            save_checkpoint(checkpoint(total, None), ckpt_path)
+    finally:
+        bar.close()
+    train_s = time.perf_counter() - t_train
+
+    # ---------------------------------------------------------------- test the best checkpoint
+    model, _ = model_from_baseline_checkpoint(ckpt_path, dev)
+    tbar = tqdm(total=r.n_test, unit="slice", desc=f"test {r.test_split}", file=sys.stderr, dynamic_ncols=True,
+                disable=not r.progress)
+    try:
+        res = evaluate_baseline(model, store.batches(r.test_split, eval_batch), dev, r.image_size,
+                                meta=store.meta, progress=tbar.update)
+    finally:
+        tbar.close()
+    wall = time.perf_counter() - t_start
+    result = {k: res.summary[k]["mean"] for k in METRIC_KEYS}
+    result["std"] = {k: res.summary[k]["std"] for k in METRIC_KEYS}
+    result.update({
+        "model": r.name, "width": r.width, "params": int(params), "in_channels": int(channels),
+        "image_size": list(used_hw), "n": len(res.per_image), "split": r.test_split,
+        "train_split": r.train_split, "val_split": r.val_split, "data": str(Path(store.path).resolve()),
+        "checkpoint": str(ckpt_path.resolve()), "updates": total, "epochs": total / per_epoch,
+        "batch": r.batch, "lr": r.lr, "seed": r.seed, "loss": LOSS_NAME, "optimizer": "Adam (constant lr)",
+        "threshold": THRESHOLD, "best_update": best_update, "best_val_dice": best if r.val_split else None,
+        "val_history": history, "device": str(dev), "threads": torch.get_num_threads(),
+        "train_s": train_s, "wall_s": wall, "command": r.command,
+        "per_image": res.per_image,
+    })
+    write_json_atomic(result, r.out / "test_metrics.json")
+    if r.val_split:
+        say(f"best val Dice {best:.4f} at update {best_update}; {len(res.per_image)} test slices; "
+            f"train {train_s:.1f} s, wall {wall:.1f} s")
+    else:
+        say(f"final model (no validation); {len(res.per_image)} test slices; train {train_s:.1f} s, wall {wall:.1f} s")
+    say(table_row(res, int(params)))
+    say(f"wrote {r.out / 'test_metrics.json'} and {ckpt_path}")
+    return result
+
+
+# ------------------------------------------------------------------------------ command line
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not v > 0 or not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return v
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m baselines.train",
+        description="Train a supervised MONAI baseline (Dice + BCE, Adam) on a slice store, keep the best "
+                    "checkpoint by val Dice, and score it on the test split with PixelDRL-MG's metrics "
+                    "(DICE PPV SEN IoU BIoU HD95, mean ± sd over slices).",
+        epilog="Exit status 0 on success, 2 on bad input (one 'error: ...' line on stderr).")
+    ap.add_argument("model", metavar="MODEL", help=f"one of: {', '.join(BASELINES)}")
+    ap.add_argument("--data", required=True, metavar="FILE.h5", help="HDF5 slice store")
+    ap.add_argument("--out", required=True, metavar="DIR", help="output folder (best.pt, test_metrics.json)")
+    sched = ap.add_mutually_exclusive_group()
+    sched.add_argument("--epochs", type=_positive_float, default=None, metavar="N",
+                       help=f"epochs of ceil(n_train / batch) updates (default {DEFAULT_EPOCHS})")
+    sched.add_argument("--max-updates", type=_positive_int, default=None, metavar="N", help="number of updates")
+    ap.add_argument("--batch", type=_positive_int, default=8, metavar="N", help="slices per update (default 8)")
+    ap.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    ap.add_argument("--image-size", type=_non_negative_int, default=0, metavar="S",
+                    help="resize slices to S x S (bilinear images, nearest masks); 0 = as stored (default)")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="auto: cuda if available, else cpu (default auto)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batch sampling")
+    ap.add_argument("--train-split", default="train")
+    ap.add_argument("--val-split", default="val", help="split for model selection; 'none' = keep the final model")
+    ap.add_argument("--test-split", default="test")
+    ap.add_argument("--width", default="1", metavar="W",
+                    help=f"channel multiplier, a number or one of {', '.join(f'{k} ({v:g})' for k, v in WIDTHS.items())} "
+                         "(default 1)")
+    ap.add_argument("--val-every", type=_non_negative_int, default=0, metavar="N",
+                    help="validate every N updates (default 0 = once per epoch) and after the last")
+    ap.add_argument("--threads", type=_non_negative_int, default=1, metavar="N",
+                    help="torch intra-op CPU threads (default 1, as PixelDRL-MG's workers; 0 = torch's "
+                         "default, one per core: faster on an idle machine, up to 100x slower on one "
+                         "shared with other jobs, see docs/BASELINES.md)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from datasets.store import StoreError
+
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(raw)
+    command = {"argv": ["python", "-m", "baselines.train", *raw], "args": vars(args)}
+    try:
+        train_baseline(args.model, args.data, args.out, epochs=args.epochs, max_updates=args.max_updates,
+                       batch=args.batch, lr=args.lr, image_size=args.image_size, device=args.device,
+                       seed=args.seed, train_split=args.train_split, val_split=args.val_split,
+                       test_split=args.test_split, width=args.width, val_every=args.val_every,
+                       threads=args.threads, progress=not args.no_progress, command=command, log=print)
+    except (BaselineError, StoreError, CheckpointError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        name = getattr(exc, "filename", None) or args.out
+        print(f"error: {name}: cannot write ({exc.strerror or _one_line(exc)})", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
