@@ -49,6 +49,26 @@ def _scaled_spacing(spacing, stored_hw, used_hw):
     return (float(sy) * stored_hw[0] / used_hw[0], float(sx) * stored_hw[1] / used_hw[1])
 
 
+def score_batch(pred: np.ndarray, gt: np.ndarray, idx: np.ndarray, stored_hw, meta: Callable[[int], dict] | None,
+                dice_only: bool = False) -> list[dict]:
+    """Per-slice rows for predicted masks pred, gt bool [B, H, W] at the network's size.
+
+    Each row holds index, case, slice and the six metrics (``dice`` alone with ``dice_only``);
+    spacing comes from ``meta(idx)``, scaled from the stored size ``stored_hw`` to [H, W].
+    """
+    rows = []
+    for b in range(pred.shape[0]):
+        info = meta(int(idx[b])) if meta else {}
+        row = {"index": int(idx[b]), "case": info.get("case"), "slice": info.get("slice")}
+        if dice_only:
+            row["dice"] = overlap_metrics(pred[b], gt[b])["dice"]
+        else:
+            spacing = _scaled_spacing(info.get("spacing"), stored_hw, gt.shape[-2:])
+            row.update(segmentation_metrics(pred[b], gt[b], spacing=spacing))
+        rows.append(row)
+    return rows
+
+
 def evaluate(model: PixelDRLNet, batches: Iterable[Batch], cfg: Config, device: torch.device | str,
              meta: Callable[[int], dict] | None = None, t_max: int | None = None, max_slices: int = 0,
              keep_examples: int = 0, progress: Callable[[int], None] | None = None) -> EvalResult:
@@ -73,12 +93,8 @@ def evaluate(model: PixelDRLNet, batches: Iterable[Batch], cfg: Config, device: 
         steps = greedy_episode(model, x, cfg.env, t_max=t_max, amp=cfg.train.amp)
         stack = torch.stack(steps, dim=1).cpu().numpy()  # [B, T, H, W] bool
         gt = g[:, 0].cpu().numpy() > 0.5
+        rows += score_batch(stack[:, -1], gt, idx, images.shape[-2:], meta)
         for b in range(stack.shape[0]):
-            info = meta(int(idx[b])) if meta else {}
-            spacing = _scaled_spacing(info.get("spacing"), images.shape[-2:], gt.shape[-2:])
-            row = {"index": int(idx[b]), "case": info.get("case"), "slice": info.get("slice")}
-            row.update(segmentation_metrics(stack[b, -1], gt[b], spacing=spacing))
-            rows.append(row)
             step_sums += [overlap_metrics(stack[b, t], gt[b])["dice"] for t in range(t_max)]
             if len(examples) < keep_examples:
                 examples.append(Example(int(idx[b]), x[b].float().cpu().numpy(), gt[b], stack[b]))

@@ -33,6 +33,7 @@ import torch
 import torch.multiprocessing as mp
 
 from a3c.checkpoint import CheckpointError, load_checkpoint
+from a3c.cli import UsageError, resolve_device
 from a3c.config import Config, ConfigError, apply_dict, config_from_dict, load_config, parse_overrides
 from a3c.evaluate import evaluate_checkpoint, table_row
 from a3c.fileio import write_json_atomic
@@ -75,14 +76,6 @@ def preprocess_info(store: SliceStore) -> dict:
     info = {k: v for k, v in store.attrs.items() if k in keep and isinstance(v, (str, int, float, list))}
     info["image_shape"] = list(store.image_shape)
     return info
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RunError("--device cuda: no CUDA device is available")
-    return torch.device(name)
 
 
 def git_revision() -> str:
@@ -299,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     launcher = None
     try:
         cfg, resume, run = resolve(args)
-        device = pick_device(args.device)
+        device = resolve_device(args.device)
         data = args.data or cfg.data.path or str(default_store(cfg))
         store = SliceStore(data)
         cfg.data.path = str(Path(data).resolve())
@@ -332,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             launcher.request_stop()
             launcher.wind_down(evaluate_last=False)
         return 130
-    except (ConfigError, StoreError, CheckpointError) as exc:
+    except (ConfigError, StoreError, CheckpointError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunError as exc:

@@ -46,9 +46,10 @@ import torch
 
 from a3c.batch import prepare_batch
 from a3c.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
-from a3c.evaluate import EvalResult, _scaled_spacing, table_row
+from a3c.cli import UsageError, non_negative_int, one_line, positive_int, resolve_device
+from a3c.evaluate import EvalResult, score_batch, table_row
 from a3c.fileio import write_json_atomic
-from a3c.metrics import METRIC_KEYS, aggregate_metrics, overlap_metrics, segmentation_metrics
+from a3c.metrics import METRIC_KEYS, aggregate_metrics
 from baselines.models import BASELINES, WIDTHS, BaselineNet, build_baseline, count_params, parse_width
 
 __all__ = ["BaselineError", "DEFAULT_EPOCHS", "evaluate_baseline", "model_from_baseline_checkpoint",
@@ -62,25 +63,7 @@ NO_SPLIT = ("", "none")
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-class BaselineError(ValueError):
-    """Bad input to the trainer (model, width, split, device, output folder): one line."""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto|cpu|cuda -> torch.device (the rules of tools.common.resolve_device, which this
-    package may not import)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BaselineError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
-    if name != "cpu" and name != "cuda":
-        raise BaselineError(f"unknown device {name!r} (auto, cpu or cuda)")
-    return torch.device(name)
+BaselineError = UsageError  # bad input to the trainer (model, width, split, device, output folder): one line
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -112,15 +95,7 @@ def evaluate_baseline(model: torch.nn.Module, batches: Iterable[Batch], device: 
         x, g = prepare_batch(images, masks, device, image_size)
         pred = predict(model, x, threshold).cpu().numpy()
         gt = g[:, 0].cpu().numpy() > 0.5
-        for b in range(pred.shape[0]):
-            info = meta(int(idx[b])) if meta else {}
-            row = {"index": int(idx[b]), "case": info.get("case"), "slice": info.get("slice")}
-            if dice_only:
-                row["dice"] = overlap_metrics(pred[b], gt[b])["dice"]
-            else:
-                spacing = _scaled_spacing(info.get("spacing"), images.shape[-2:], gt.shape[-2:])
-                row.update(segmentation_metrics(pred[b], gt[b], spacing=spacing))
-            rows.append(row)
+        rows += score_batch(pred, gt, idx, images.shape[-2:], meta, dice_only=dice_only)
         seen += pred.shape[0]
         if progress:
             progress(pred.shape[0])
@@ -148,7 +123,7 @@ def model_from_baseline_checkpoint(ckpt: dict | str | Path, device: torch.device
         model = build_baseline(spec["name"], int(spec["in_channels"]), spec.get("size_hint"), width=spec["width"])
         model.load_state_dict(ckpt["model"])
     except (KeyError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"baseline checkpoint does not rebuild ({_one_line(exc)})") from None
+        raise CheckpointError(f"baseline checkpoint does not rebuild ({one_line(exc)})") from None
     if count_params(model) != int(ckpt["params"]):
         raise CheckpointError(f"checkpoint says {ckpt['params']} parameters, its spec builds {count_params(model)}")
     return model.to(device).eval(), ckpt
@@ -236,7 +211,7 @@ def train_baseline(name: str, store_path: str | Path, out_dir: str | Path, *, ep
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise BaselineError(f"{out}: cannot create the output folder ({exc.strerror or _one_line(exc)})") from None
+            raise BaselineError(f"{out}: cannot create the output folder ({exc.strerror or one_line(exc)})") from None
         if not out.is_dir():
             raise BaselineError(f"{out}: not a folder")
         if threads:
@@ -367,26 +342,6 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
 
 
 # ------------------------------------------------------------------------------ command line
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return v
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = -1
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
-
-
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -410,10 +365,10 @@ def _parser() -> argparse.ArgumentParser:
     sched = ap.add_mutually_exclusive_group()
     sched.add_argument("--epochs", type=_positive_float, default=None, metavar="N",
                        help=f"epochs of ceil(n_train / batch) updates (default {DEFAULT_EPOCHS})")
-    sched.add_argument("--max-updates", type=_positive_int, default=None, metavar="N", help="number of updates")
-    ap.add_argument("--batch", type=_positive_int, default=8, metavar="N", help="slices per update (default 8)")
+    sched.add_argument("--max-updates", type=positive_int, default=None, metavar="N", help="number of updates")
+    ap.add_argument("--batch", type=positive_int, default=8, metavar="N", help="slices per update (default 8)")
     ap.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    ap.add_argument("--image-size", type=_non_negative_int, default=0, metavar="S",
+    ap.add_argument("--image-size", type=non_negative_int, default=0, metavar="S",
                     help="resize slices to S x S (bilinear images, nearest masks); 0 = as stored (default)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                     help="auto: cuda if available, else cpu (default auto)")
@@ -424,9 +379,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--width", default="1", metavar="W",
                     help=f"channel multiplier, a number or one of {', '.join(f'{k} ({v:g})' for k, v in WIDTHS.items())} "
                          "(default 1)")
-    ap.add_argument("--val-every", type=_non_negative_int, default=0, metavar="N",
+    ap.add_argument("--val-every", type=non_negative_int, default=0, metavar="N",
                     help="validate every N updates (default 0 = once per epoch) and after the last")
-    ap.add_argument("--threads", type=_non_negative_int, default=1, metavar="N",
+    ap.add_argument("--threads", type=non_negative_int, default=1, metavar="N",
                     help="torch intra-op CPU threads (default 1, as PixelDRL-MG's workers; 0 = torch's "
                          "default, one per core: faster on an idle machine, up to 100x slower on one "
                          "shared with other jobs, see docs/BASELINES.md)")
@@ -447,11 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                        test_split=args.test_split, width=args.width, val_every=args.val_every,
                        threads=args.threads, progress=not args.no_progress, command=command, log=print)
     except (BaselineError, StoreError, CheckpointError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
         name = getattr(exc, "filename", None) or args.out
-        print(f"error: {name}: cannot write ({exc.strerror or _one_line(exc)})", file=sys.stderr)
+        print(f"error: {name}: cannot write ({exc.strerror or one_line(exc)})", file=sys.stderr)
         return 2
     return 0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = {"a3c", "workers", "datasets", "tools", "configs", "tests", "bench"}
+PROJECT = {"a3c", "workers", "datasets", "tools", "baselines", "configs", "tests", "bench"}
 
 
 def project_imports(path: Path) -> set[str]:
@@ -23,9 +23,10 @@ def project_imports(path: Path) -> set[str]:
 RULES = [
     # (package, files exempt, packages it must not import)
     ("datasets", set(), PROJECT - {"datasets"}),
-    ("a3c", {"launch.py"}, {"workers", "datasets", "tools"}),
+    ("a3c", {"launch.py"}, {"workers", "datasets", "tools", "baselines"}),
     ("tools", set(), {"workers"}),
-    ("workers", set(), {"tools"}),
+    ("workers", set(), {"tools", "baselines"}),
+    ("baselines", set(), {"workers", "tools"}),
 ]
 
 

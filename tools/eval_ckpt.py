@@ -31,7 +31,7 @@ import numpy as np
 
 from a3c.fileio import write_json_atomic
 from a3c.metrics import METRIC_KEYS
-from tools.common import UsageError, non_negative_int, one_line, positive_int, resolve_device
+from a3c.cli import UsageError, non_negative_int, one_line, positive_int, resolve_device
 
 PNG_HELP = ("per slice, write <case>_<slice>_overlay.png (the input's first channel in grey, min-max "
             "scaled; the prediction filled in semi-transparent red; the ground-truth contour in green, "

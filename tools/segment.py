@@ -56,7 +56,7 @@ from typing import Sequence
 import numpy as np
 
 from a3c.fileio import write_bytes_atomic
-from tools.common import UsageError, one_line, positive_int, resolve_device
+from a3c.cli import UsageError, one_line, positive_int, resolve_device
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")

@@ -1,11 +1,12 @@
-"""Helpers shared by the command-line tools: argument types, one-line errors, the device."""
+"""Helpers shared by the command-line programs (launch, tools, baselines): one-line errors, int
+argument types, the device."""
 from __future__ import annotations
 
 import argparse
 
 
 class UsageError(Exception):
-    """A problem with the command as a whole (checkpoint, store, device): one line, exit 2."""
+    """Bad input to a command as a whole (checkpoint, store, device): one line, exit 2."""
 
 
 def one_line(exc: BaseException) -> str:
