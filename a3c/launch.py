@@ -223,8 +223,14 @@ class Launcher:
             bar.close()
 
     def wind_down(self, evaluate_last: bool) -> None:
-        """Workers stop (they get "stop" from the server), server exits, monitor takes a last look."""
-        deadline = time.monotonic() + STOP_GRACE_S
+        """Workers stop, the server exits, the monitor takes a last look (``evaluate_last``) or stops.
+
+        At the end of a budget the workers get ``"stop"`` from the server and a few seconds to
+        finish; after an interrupt their in-flight gradients are useless, so they are terminated
+        at once and every wait is short (all children gone within about 8 s).
+        """
+        grace = STOP_GRACE_S if evaluate_last else 0.0
+        deadline = time.monotonic() + grace
         for p in self.workers.values():
             p.join(max(0.0, deadline - time.monotonic()))
         for p in self.workers.values():
@@ -234,14 +240,14 @@ class Launcher:
             self.ctrl.send(("exit",))
         except OSError:
             pass
-        self.server.join(STOP_GRACE_S)
+        self.server.join(STOP_GRACE_S if evaluate_last else 2.0)
         if evaluate_last:
             self.finish.set()
             while self.monitor.is_alive():
                 self.monitor.join(1.0)
         else:
             self.stop_monitor.set()
-            self.monitor.join(2.0)
+            self.monitor.join(1.0)
 
     def request_stop(self) -> None:
         """Ctrl-C: ask the server for a final checkpoint, then wind down without a last evaluation."""
@@ -258,7 +264,7 @@ class Launcher:
         for p in procs:
             if p.is_alive():
                 p.terminate()
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + 1.0
         for p in procs:
             p.join(max(0.0, deadline - time.monotonic()))
             if p.is_alive():

@@ -194,12 +194,17 @@ def test_ctrl_c_writes_checkpoint_and_leaves_nothing(tiny_store, tmp_path):
     run = tmp_path / "run"
     proc = start_launch(tiny_store, run, 2, "train.max_updates=100000")
     try:
-        wait_for(lambda: (run / "checkpoints" / "latest.pt").exists() and len(child_pids(run)) == 4,
+        latest = run / "checkpoints" / "latest.pt"
+        wait_for(lambda: latest.exists() and updates_in(latest) > 0 and len(child_pids(run)) == 4,
                  what="a running trainer")
         pids = child_pids(run)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=30)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"launcher still running 30 s after SIGINT; stderr: {proc.communicate()[1][-3000:]}")
         assert time.monotonic() - t0 < 10.0
     finally:
         proc.kill()
