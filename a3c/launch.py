@@ -294,7 +294,10 @@ def _interrupt(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM stops the run like Ctrl-C
+    # Ctrl-C and a scheduler's SIGTERM stop the run in order. SIGINT is installed explicitly: a
+    # process started in the background of a non-interactive shell inherits it as ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     launcher = None
     try:
         cfg, resume, run = resolve(args)

@@ -212,7 +212,8 @@ def test_ctrl_c_writes_checkpoint_and_leaves_nothing(tiny_store, tmp_path):
     assert not [name for name, pid in pids.items() if alive(pid)]
     assert "checkpoint (stop requested)" in (run / "logs" / "server.log").read_text()
     assert updates_in(run / "checkpoints" / "latest.pt") > 0
-    leftovers = {f for f in set(os.listdir("/dev/shm")) - shm_before if "torch" in f or f.startswith(("psm_", "mp-"))}
+    leftovers = {f for f in set(os.listdir("/dev/shm")) - shm_before
+                 if "torch" in f or f.startswith(("psm_", "mp-", "sem.mp-"))}
     assert not leftovers
 
 
