@@ -7,7 +7,7 @@ a store's ``batches`` and ``meta``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -49,6 +49,19 @@ def _scaled_spacing(spacing, stored_hw, used_hw):
     return (float(sy) * stored_hw[0] / used_hw[0], float(sx) * stored_hw[1] / used_hw[1])
 
 
+def limit_batches(batches: Iterable[Batch], max_slices: int = 0) -> Iterator[Batch]:
+    """The batches up to ``max_slices`` slices in all (0 = all), the last one cut to fit."""
+    seen = 0
+    for images, masks, idx in batches:
+        if max_slices:
+            keep = max_slices - seen
+            images, masks, idx = images[:keep], masks[:keep], idx[:keep]
+        yield images, masks, idx
+        seen += len(idx)
+        if max_slices and seen >= max_slices:
+            return
+
+
 def score_batch(pred: np.ndarray, gt: np.ndarray, idx: np.ndarray, stored_hw, meta: Callable[[int], dict] | None,
                 dice_only: bool = False) -> list[dict]:
     """Per-slice rows for predicted masks pred, gt bool [B, H, W] at the network's size.
@@ -84,11 +97,7 @@ def evaluate(model: PixelDRLNet, batches: Iterable[Batch], cfg: Config, device: 
     rows: list[dict] = []
     step_sums = np.zeros(t_max)
     examples: list[Example] = []
-    seen = 0
-    for images, masks, idx in batches:
-        if max_slices:
-            keep = max_slices - seen
-            images, masks, idx = images[:keep], masks[:keep], idx[:keep]
+    for images, masks, idx in limit_batches(batches, max_slices):
         x, g = prepare_batch(images, masks, device, cfg.data.image_size)
         steps = greedy_episode(model, x, cfg.env, t_max=t_max, amp=cfg.train.amp)
         stack = torch.stack(steps, dim=1).cpu().numpy()  # [B, T, H, W] bool
@@ -98,11 +107,8 @@ def evaluate(model: PixelDRLNet, batches: Iterable[Batch], cfg: Config, device: 
             step_sums += [overlap_metrics(stack[b, t], gt[b])["dice"] for t in range(t_max)]
             if len(examples) < keep_examples:
                 examples.append(Example(int(idx[b]), x[b].float().cpu().numpy(), gt[b], stack[b]))
-        seen += stack.shape[0]
         if progress:
             progress(stack.shape[0])
-        if max_slices and seen >= max_slices:
-            break
     summary = aggregate_metrics([{k: r[k] for k in METRIC_KEYS} for r in rows])
     return EvalResult(rows, summary, list(step_sums / max(1, len(rows))), examples)
 

@@ -47,7 +47,7 @@ import torch
 from a3c.batch import prepare_batch
 from a3c.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from a3c.cli import UsageError, non_negative_int, one_line, positive_int, resolve_device
-from a3c.evaluate import EvalResult, score_batch, table_row
+from a3c.evaluate import EvalResult, limit_batches, score_batch, table_row
 from a3c.fileio import write_json_atomic
 from a3c.metrics import METRIC_KEYS, aggregate_metrics
 from baselines.models import BASELINES, WIDTHS, BaselineNet, build_baseline, count_params, parse_width
@@ -87,20 +87,13 @@ def evaluate_baseline(model: torch.nn.Module, batches: Iterable[Batch], device: 
     """
     model.eval()
     rows: list[dict] = []
-    seen = 0
-    for images, masks, idx in batches:
-        if max_slices:
-            keep = max_slices - seen
-            images, masks, idx = images[:keep], masks[:keep], idx[:keep]
+    for images, masks, idx in limit_batches(batches, max_slices):
         x, g = prepare_batch(images, masks, device, image_size)
         pred = predict(model, x, threshold).cpu().numpy()
         gt = g[:, 0].cpu().numpy() > 0.5
         rows += score_batch(pred, gt, idx, images.shape[-2:], meta, dice_only=dice_only)
-        seen += pred.shape[0]
         if progress:
             progress(pred.shape[0])
-        if max_slices and seen >= max_slices:
-            break
     keys = ("dice",) if dice_only else METRIC_KEYS
     summary = aggregate_metrics([{k: r[k] for k in keys} for r in rows])
     return EvalResult(rows, summary, [], [])
