@@ -88,6 +88,7 @@ class TrainConfig:
     checkpoint_interval_s: float = _f(60.0, "seconds between periodic checkpoints")
     max_worker_restarts: int = _f(5, "stop the run when workers have failed this many times in all")
     amp: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU)")
+    channels_last: bool = _f(True, "NHWC activations on CUDA, cuDNN's fast layout for bf16 convolutions (ignored on CPU)")
 
 
 @dataclass

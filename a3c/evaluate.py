@@ -16,7 +16,7 @@ from a3c.batch import prepare_batch
 from a3c.checkpoint import CheckpointError, load_checkpoint
 from a3c.config import Config, config_from_dict
 from a3c.metrics import METRIC_KEYS, TABLE_HEADER, aggregate_metrics, overlap_metrics, segmentation_metrics
-from a3c.model import PixelDRLNet, build_model, count_params
+from a3c.model import PixelDRLNet, build_model, count_params, tune_for_device
 from a3c.rollout import greedy_episode
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -125,7 +125,7 @@ def model_from_checkpoint(ckpt: dict | str, device: torch.device | str = "cpu") 
         raise CheckpointError(f"checkpoint parameters do not fit its own config ({str(exc).splitlines()[0][:200]})") from None
     if count_params(model) != int(ckpt["params"]):
         raise CheckpointError(f"checkpoint says {ckpt['params']} parameters, its config builds {count_params(model)}")
-    model.to(device).eval()
+    tune_for_device(model.to(device).eval(), device, cfg.train.channels_last)
     return model, cfg, ckpt
 
 

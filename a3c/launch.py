@@ -164,7 +164,7 @@ class Launcher:
         seed = self.cfg.train.seed + rank + 1_000_003 * (gen + self.start_updates)
         self.workers[rank] = self._spawn(f"worker{rank}", work, self.cfg.train.threads_per_worker, rank,
                                          self.cfg.to_dict(), str(self.store.path), self.store.image_shape[0],
-                                         self.shared, conn, str(self.device), seed)
+                                         conn, str(self.device), seed)
         conn.close()
 
     def last_error(self, name: str) -> str:

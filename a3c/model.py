@@ -144,6 +144,34 @@ class PixelDRLNet(nn.Module):
         return self.policy(feats), self.value(feats)
 
 
+def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(memory_format=torch.channels_last),) + args[1:]
+
+
+def use_channels_last(model: nn.Module) -> nn.Module:
+    """Make every convolution's input channels-last (NHWC) with a forward pre-hook; idempotent.
+
+    The parameters keep their NCHW layout, so they stay views of the flat shared vector; the
+    outputs are numerically the same. Hooking each convolution (not only the input) matters for
+    one-channel images, whose NCHW and NHWC layouts coincide, so the first block would stay NCHW.
+    """
+    if not getattr(model, "_channels_last", False):
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.register_forward_pre_hook(_to_channels_last)
+        model._channels_last = True
+    return model
+
+
+def tune_for_device(model: nn.Module, device: torch.device | str, channels_last: bool = True) -> nn.Module:
+    """The CUDA fast path (a no-op on CPU): cuDNN autotuning and, with ``channels_last``, NHWC activations."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        if channels_last:
+            use_channels_last(model)
+    return model
+
+
 def state_channels(image_channels: int, state: str) -> int:
     """Network input channels for a state reading: masked keeps C, stacked adds the mask."""
     return image_channels + (1 if state == "stacked" else 0)

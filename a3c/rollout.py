@@ -122,7 +122,7 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
     returns = discounted_returns(rewards, _bootstrap(model, state, cfg), cfg.loss.gamma, _reward_conv(model, cfg))
     weight = class_weights(gt, cfg.loss.class_balance) if cfg.loss.class_balance else None
 
-    sums = {"policy": 0.0, "value": 0.0, "entropy": 0.0}
+    sums = {k: images.new_zeros(()) for k in ("policy", "value", "entropy")}
     if full:
         total = 0.0
         for t in range(t_max):
@@ -144,11 +144,7 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
             w_loss = sum(((1.0 if weight is None else weight) * (ret - v) ** 2).mean() for ret, v in zip(returns, kept_values))
             (vc * w_loss).backward()
     mean_reward = torch.stack([r.mean() for r in rewards]).mean()
-    return UpdateStats(
-        policy_loss=float(sums["policy"]) / t_max,
-        value_loss=float(sums["value"]) / t_max,
-        entropy=float(sums["entropy"]) / t_max,
-        reward=float(mean_reward),
-        n_images=int(images.shape[0]),
-        t_max=t_max,
-    )
+    totals = torch.stack([sums["policy"] / t_max, sums["value"] / t_max, sums["entropy"] / t_max, mean_reward])
+    policy, value, entropy, reward = totals.tolist()  # the update's one host-device synchronisation
+    return UpdateStats(policy_loss=policy, value_loss=value, entropy=entropy, reward=reward,
+                       n_images=int(images.shape[0]), t_max=t_max)

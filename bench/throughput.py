@@ -11,7 +11,7 @@ For each worker count W it prints one JSON line per mode:
   the server's ``charts/img_steps_per_s`` after the first quarter of the run; memory is the
   largest worker peak (RSS; CUDA allocated memory on a GPU) from the workers' logs.
 * ``batched``: one process running ``reference_update`` on batches of W * B with W threads, the
-  same total work per update and the same cores.
+  same total work per update, the same cores, and ``updates / W`` updates (the same images).
 
 Each line carries ``mode, workers, batch, t_max, size, device, rollout, img_steps_per_s,
 updates_per_s, peak_mem_mib, flops_per_img_step`` (forward and backward as the rollout mode
@@ -60,13 +60,14 @@ def batched(cfg, store_path: str, workers: int, updates: int, device: str) -> di
     import numpy as np
 
     from a3c.batch import prepare_batch
-    from a3c.model import build_model
+    from a3c.model import build_model, tune_for_device
     from a3c.rollout import reference_update
     from datasets.store import SliceStore
 
     torch.set_num_threads(workers)
     store = SliceStore(store_path)
-    model = build_model(cfg.model, store.image_shape[0], cfg.env.state).to(device)
+    model = tune_for_device(build_model(cfg.model, store.image_shape[0], cfg.env.state).to(device), device,
+                            cfg.train.channels_last)
     rng, gen = np.random.default_rng(0), torch.Generator(device=device).manual_seed(0)
     batch = workers * cfg.train.batch_size
     warm = max(2, updates // 5)
@@ -161,7 +162,8 @@ def main() -> int:
             lines = {}
             for mode in args.modes.split(","):
                 if mode == "batched":  # a fresh process, so that its peak memory is its own
-                    cmd = [sys.executable, __file__, "--_batched", store, str(w), "--updates", str(args.updates),
+                    same_images = -(-args.updates // w)  # the async run's images, in batches w times larger
+                    cmd = [sys.executable, __file__, "--_batched", store, str(w), "--updates", str(same_images),
                            "--device", args.device, *(["--config", args.config] if args.config else []), *overrides]
                     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
                     if res.returncode != 0:

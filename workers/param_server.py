@@ -1,7 +1,7 @@
 """The parameter-server process: the only process that runs the optimiser.
 
-It builds the network, allocates the shared tensors (``workers.shared``), hands them to the
-launcher, then serves: it waits on every worker's pipe, applies each pushed gradient in arrival
+It builds the network, allocates the shared tensors (``workers.shared``), hands the counters to
+the launcher and the whole state to each worker over its pipe, then serves: it waits on every worker's pipe, applies each pushed gradient in arrival
 order through ``a3c.learner.Learner`` (non-finite gradients rejected and counted), answers
 ``"ok"`` (or ``"stop"`` once the budget is spent), logs training scalars to TensorBoard, and
 writes ``checkpoints/latest.pt`` atomically on a timer, at the end and on a stop request.
@@ -98,7 +98,9 @@ def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train
         logger.info("checkpoint (%s) at update %d", reason, learner.updates)
 
     publish()
-    init_q.put(("ready", shared))
+    init_q.put(("ready", shared.for_observers()))
+    for conn in conns.values():
+        conn.send(("shared", shared))
     writer = SummaryWriter(str(run / "tb"))
     writer.add_text("config", "```\n" + cfg.to_yaml() + "\n```", learner.updates)
     log = TrainLog(writer, cfg.env.t_max)
@@ -117,6 +119,7 @@ def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train
                     msg = ("exit",)
                 if msg[0] == "add_worker":
                     conns[msg[1]] = msg[2]
+                    msg[2].send(("shared", shared))
                 elif msg[0] == "stop" and not stopping:
                     stopping = True
                     checkpoint("stop requested")

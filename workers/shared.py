@@ -5,6 +5,11 @@ the training device (CUDA memory shared by IPC, or shared CPU memory). ``seq`` [
 seqlock for ``theta``: the server makes it odd while it writes and even after, so a worker's copy
 is consistent when ``seq`` is even and unchanged around it; no lock a dead worker could hold.
 ``status`` [len(STATUS)] float64 (CPU) carries counters for the launcher's progress bar.
+
+How they travel: the server sends the whole state to each worker over that worker's pipe, so a
+worker opens the CUDA tensors straight from the process that allocated them (PyTorch cannot
+pass on a CUDA tensor received from another process). The launcher and the monitor get only
+``for_observers()``: ``seq`` and ``status``, which are CPU shared memory.
 """
 from __future__ import annotations
 
@@ -22,8 +27,8 @@ def status_index(name: str) -> int:
 
 @dataclass
 class SharedState:
-    theta: torch.Tensor
-    grads: torch.Tensor
+    theta: torch.Tensor | None
+    grads: torch.Tensor | None
     seq: torch.Tensor
     status: torch.Tensor
 
@@ -39,6 +44,10 @@ class SharedState:
         seq.share_memory_()
         status.share_memory_()
         return cls(theta, grads, seq, status)
+
+    def for_observers(self) -> "SharedState":
+        """The counters alone (no ``theta``, no ``grads``): what the launcher and the monitor hold."""
+        return SharedState(None, None, self.seq, self.status)
 
     def get(self, name: str) -> float:
         return float(self.status[status_index(name)])

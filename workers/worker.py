@@ -1,8 +1,9 @@
 """A worker process: pull parameters, sample a batch, run one reference update, push the gradient.
 
-This is Algorithm 1's thread loop. The gradient goes into the worker's slot of the shared
-``grads`` tensor; over the pipe travels only ``("grad", rank, version, n_images, stats)``, and the
-worker waits for the server's ``"ok"`` (slot consumed) or ``"stop"`` before reusing the slot.
+This is Algorithm 1's thread loop. The model's ``.grad`` tensors are views of the worker's slot of
+the shared ``grads`` tensor, so the backward accumulates the gradient there with no copy. Over
+the pipe travels only ``("grad", rank, version, n_images, stats)``, and the worker waits for the
+server's ``"ok"`` (slot consumed) or ``"stop"`` before it zeroes and reuses the slot.
 
 Fault injection for tests (environment variables, read once):
 ``PIXELDRL_FAULT_RAISE=1`` raises on every worker's first update; ``PIXELDRL_FAULT_NAN_EVERY=k``
@@ -17,8 +18,8 @@ import torch
 
 from a3c.batch import prepare_batch
 from a3c.config import config_from_dict
-from a3c.model import build_model
-from a3c.params import bind_to_flat, grads_into, numel
+from a3c.model import build_model, tune_for_device
+from a3c.params import bind_grads, bind_to_flat, numel
 from a3c.rollout import reference_update
 from datasets.store import SliceStore
 from workers.shared import SharedState
@@ -34,15 +35,20 @@ def peak_memory(device: torch.device) -> str:
     return out
 
 
-def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int, shared: SharedState,
-         conn, device_str: str, seed: int) -> None:
+def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int, conn, device_str: str,
+         seed: int) -> None:
     cfg = config_from_dict(cfg_dict)
     device = torch.device(device_str)
+    kind, shared = conn.recv()  # the server's first message: its shared tensors
+    assert kind == "shared" and isinstance(shared, SharedState), kind
     torch.manual_seed(seed)
     store = SliceStore(store_path)
-    model = build_model(cfg.model, image_channels, cfg.env.state).to(device)
+    model = tune_for_device(build_model(cfg.model, image_channels, cfg.env.state).to(device), device,
+                            cfg.train.channels_last)
     local = torch.empty(numel(model), device=device)
     bind_to_flat(model, local)
+    slot = shared.grads[rank]  # backward accumulates straight into this worker's shared slot
+    bind_grads(model, slot)
     rng = np.random.default_rng(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     fault_raise = os.environ.get("PIXELDRL_FAULT_RAISE") == "1"
@@ -53,12 +59,10 @@ def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int
         version = shared.read_theta(local)
         images, masks, _ = store.sample(cfg.data.train_split, cfg.train.batch_size, rng)
         x, g = prepare_batch(images, masks, device, cfg.data.image_size)
-        model.zero_grad(set_to_none=True)
+        slot.zero_()  # the server has consumed it: it answered our last push
         stats = reference_update(model, x, g, cfg, gen)
         if fault_raise:
             raise RuntimeError(f"injected fault in worker {rank}")
-        slot = shared.grads[rank]
-        grads_into(model, slot)
         pushed += 1
         if nan_every and pushed % nan_every == 0:
             slot[0] = float("nan")
