@@ -125,7 +125,7 @@ def model_from_checkpoint(ckpt: dict | str, device: torch.device | str = "cpu") 
         raise CheckpointError(f"checkpoint parameters do not fit its own config ({str(exc).splitlines()[0][:200]})") from None
     if count_params(model) != int(ckpt["params"]):
         raise CheckpointError(f"checkpoint says {ckpt['params']} parameters, its config builds {count_params(model)}")
-    tune_for_device(model.to(device).eval(), device, cfg.train.channels_last)
+    tune_for_device(model.to(device).eval(), device, cfg.train)
     return model, cfg, ckpt
 
 

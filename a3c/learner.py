@@ -97,7 +97,7 @@ def train_single_process(model: PixelDRLNet, cfg, sample, n_train: int, updates:
     from a3c.params import grads_into, numel
     from a3c.rollout import reference_update
 
-    tune_for_device(model.to(device), device, cfg.train.channels_last)
+    tune_for_device(model.to(device), device, cfg.train)
     learner = Learner(model, torch.zeros(numel(model), device=device), cfg.optim, n_train)
     rng = np.random.default_rng(cfg.train.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from a3c.config import ConfigError, ModelConfig, load_config
+from a3c.config import ConfigError, ModelConfig, TrainConfig, load_config
 
 VGG_BLOCKS = (2, 2, 3, 3)  # convolutions per block, conv1_x .. conv4_x
 
@@ -163,11 +163,13 @@ def use_channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
-def tune_for_device(model: nn.Module, device: torch.device | str, channels_last: bool = True) -> nn.Module:
-    """The CUDA fast path (a no-op on CPU): cuDNN autotuning and, with ``channels_last``, NHWC activations."""
+def tune_for_device(model: nn.Module, device: torch.device | str, train: TrainConfig | None = None) -> nn.Module:
+    """The CUDA fast path (a no-op on CPU): NHWC activations (``train.channels_last``) and cuDNN
+    autotuning (``train.cudnn_benchmark``). Returns the model."""
+    train = train or TrainConfig()
     if torch.device(device).type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        if channels_last:
+        torch.backends.cudnn.benchmark = train.cudnn_benchmark
+        if train.channels_last:
             use_channels_last(model)
     return model
 

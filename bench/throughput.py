@@ -66,8 +66,7 @@ def batched(cfg, store_path: str, workers: int, updates: int, device: str) -> di
 
     torch.set_num_threads(workers)
     store = SliceStore(store_path)
-    model = tune_for_device(build_model(cfg.model, store.image_shape[0], cfg.env.state).to(device), device,
-                            cfg.train.channels_last)
+    model = tune_for_device(build_model(cfg.model, store.image_shape[0], cfg.env.state).to(device), device, cfg.train)
     rng, gen = np.random.default_rng(0), torch.Generator(device=device).manual_seed(0)
     batch = workers * cfg.train.batch_size
     warm = max(2, updates // 5)

@@ -141,6 +141,8 @@ def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train
                 applied = learner.apply(shared.grads[rank], n_images, shared.begin_write, shared.end_write)
                 if applied:
                     log.add(stats, staleness)
+                    if learner.updates in (1, 10, 100):
+                        logger.info("update %d applied", learner.updates)
                 else:
                     logger.warning("rejected a non-finite gradient from worker %d (%d so far)", rank, learner.rejected)
                 publish()

@@ -12,6 +12,7 @@ writes NaN into every k-th pushed gradient.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import torch
@@ -43,8 +44,7 @@ def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int
     assert kind == "shared" and isinstance(shared, SharedState), kind
     torch.manual_seed(seed)
     store = SliceStore(store_path)
-    model = tune_for_device(build_model(cfg.model, image_channels, cfg.env.state).to(device), device,
-                            cfg.train.channels_last)
+    model = tune_for_device(build_model(cfg.model, image_channels, cfg.env.state).to(device), device, cfg.train)
     local = torch.empty(numel(model), device=device)
     bind_to_flat(model, local)
     slot = shared.grads[rank]  # backward accumulates straight into this worker's shared slot
@@ -55,6 +55,7 @@ def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int
     nan_every = int(os.environ.get("PIXELDRL_FAULT_NAN_EVERY", "0") or 0)
     logger.info("worker %d on %s, seed %d, split %s", rank, device, seed, cfg.data.train_split)
     pushed = 0
+    started = time.monotonic()
     while True:
         version = shared.read_theta(local)
         images, masks, _ = store.sample(cfg.data.train_split, cfg.train.batch_size, rng)
@@ -64,6 +65,8 @@ def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int
         if fault_raise:
             raise RuntimeError(f"injected fault in worker {rank}")
         pushed += 1
+        if pushed == 1:  # the warm-up (CUDA context, kernels, autotuning) shows in the logs
+            logger.info("worker %d: first gradient %.1f s after start", rank, time.monotonic() - started)
         if nan_every and pushed % nan_every == 0:
             slot[0] = float("nan")
         if slot.is_cuda:  # the server reads the slot from another process: the copy must be done
