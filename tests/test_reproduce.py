@@ -1,0 +1,104 @@
+"""tools/reproduce.py: every experiment runs end to end on a tiny store, writes its table, and skips finished cells."""
+import csv
+import json
+
+import pytest
+
+from a3c.metrics import METRIC_KEYS
+from tests.conftest import run_module
+
+QUICK = ["--config", "configs/smoke.yaml", "--budget", "0.2", "--baseline-epochs", "1", "--baseline-width", "tiny",
+         "--device", "cpu", "--no-progress"]
+
+
+def reproduce(store, out, experiment, *extra, timeout=600):
+    return run_module(["tools/reproduce.py", experiment, "--data", str(store), "--out", str(out), *QUICK, *extra],
+                      timeout=timeout)
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("experiment,extra,rows", [
+    ("table2", ["--baselines", "unet,attention_unet,unet_plus_plus"], {("test split", "PixelDRL-MG"),
+                                                                       ("test split", "U-Net"),
+                                                                       ("test split", "Attention U-Net"),
+                                                                       ("test split", "U-Net++")}),
+    ("table4", ["--baselines", "unet"], {(s, m) for s in ("50 slices", "100 slices", "all training slices")
+                                         for m in ("PixelDRL-MG", "U-Net")}),
+    ("table6", ["--baselines", "unet", "--folds", "0,1"], {("5-fold CV", "PixelDRL-MG"), ("5-fold CV", "U-Net")}),
+])
+def test_experiments_with_baselines_write_their_tables(tiny_store, tmp_path, experiment, extra, rows):
+    out = tmp_path / experiment
+    res = reproduce(tiny_store, out, experiment, *extra)
+    assert res.returncode == 0, res.stderr
+    lines = read_csv(out / f"{experiment}.csv")
+    assert {(r["setting"], r["row"]) for r in lines} == rows
+    for r in lines:
+        assert all(0.0 <= float(r[k]) <= 1.0 for k in METRIC_KEYS if k != "hd95")
+        assert int(r["params"]) > 0 and int(r["slices"]) > 0
+    table = (out / f"{experiment}.md").read_text()
+    assert all(f"| {setting} | {row} |" in table for setting, row in rows)
+    if experiment == "table6":  # each fold tested on its own cases; both folds averaged into one row
+        assert {r["test_split"] for r in lines} == {"fold0/test", "fold1/test"}
+        assert "| 2 |" in table
+    if experiment == "table4":
+        assert {r["train_split"] for r in lines} == {"train_50", "train_100", "train"}
+
+
+def test_table3_ablation_switches_sam_and_dilation_and_resumes(tiny_store, tmp_path):
+    out = tmp_path / "t3"
+    res = reproduce(tiny_store, out, "table3")
+    assert res.returncode == 0, res.stderr
+    lines = read_csv(out / "table3.csv")
+    assert [r["row"] for r in lines] == ["PA3C", "PA3C+SAM", "PA3C+DC", "PixelDRL-MG"]
+    params = {r["row"]: int(r["params"]) for r in lines}
+    assert params["PA3C"] < params["PA3C+SAM"] == params["PixelDRL-MG"]  # SAM adds its 1x1 conv
+    assert params["PA3C"] == params["PA3C+DC"]  # dilation adds no parameters
+    for cell in (out / "cells").iterdir():
+        assert (cell / "result.json").exists() and (cell / "run" / "checkpoints" / "latest.pt").exists()
+    before = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/result.json")}
+
+    res = run_module(["tools/reproduce.py", "table3", "--data", str(tiny_store), "--out", str(out), *QUICK[:-1]],
+                     timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("finished earlier, skipped") == 4
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/result.json")} == before
+
+
+def test_fig7_sweeps_t_max_and_plots(tiny_store, tmp_path):
+    out = tmp_path / "f7"
+    res = reproduce(tiny_store, out, "fig7", "--t-max", "1,3")
+    assert res.returncode == 0, res.stderr
+    lines = read_csv(out / "fig7.csv")
+    assert [int(r["t_max"]) for r in lines] == [1, 3]
+    assert (out / "fig7.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpt_cfgs = [json.loads((out / "cells" / r["id"] / "result.json").read_text())["command"] for r in lines]
+    assert "env.t_max=1" in ckpt_cfgs[0] and "env.t_max=3" in ckpt_cfgs[1]
+
+
+def test_a_failed_cell_names_its_log_and_exits_1(tiny_store, tmp_path):
+    out = tmp_path / "bad"
+    res = run_module(["tools/reproduce.py", "table3", "--data", str(tiny_store), "--out", str(out), *QUICK],
+                     env={"PIXELDRL_FAULT_RAISE": "1"}, timeout=300)
+    assert res.returncode == 1
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cell ") and "train.log" in err[0]
+    assert not list(out.glob("cells/*/result.json"))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["table2", "--data", "/nonexistent.h5"], "/nonexistent.h5"),
+    (["table2", "--baselines", "vnet"], "--baselines: unknown vnet"),
+    (["fig7", "--t-max", "0,2"], "--t-max"),
+    (["table6", "--folds", "5"], "--folds"),
+])
+def test_bad_input_is_one_line_exit_2(tiny_store, tmp_path, args, message):
+    if "--data" not in args:
+        args = args + ["--data", str(tiny_store)]
+    res = run_module(["tools/reproduce.py", *args, "--out", str(tmp_path / "o")], timeout=60)
+    assert res.returncode == 2
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], res.stderr

@@ -1,0 +1,344 @@
+"""Re-measure the paper's tables and figures on a slice store: train every cell, then tabulate.
+
+    python tools/reproduce.py EXPERIMENT --data FILE.h5 [--config FILE] [--seeds 0,1,2] [--out DIR]
+        [--budget F] [--workers N] [--device auto|cpu|cuda] [--baselines unet,attention_unet,unet_plus_plus]
+        [--baseline-epochs N] [--baseline-width W] [--t-max 1,2,...,12] [--folds 0,1,2,3,4] [--no-progress]
+
+EXPERIMENT (one per paper table or figure):
+
+* ``table2``: PixelDRL-MG (the config as given) against the U-Net family (``--baselines``).
+* ``table3``: the ablation: PA3C alone (no SAM, no dilation), PA3C+SAM, PA3C+DC, PixelDRL-MG.
+* ``table4``: PixelDRL-MG and the baselines trained on the store's ``train_50`` and
+  ``train_100`` subsets (the paper's extreme data constraints) and on the whole train split.
+* ``table6``: 5-fold cross-validation: each method on ``fold{k}/train``, tested on
+  ``fold{k}/test``; model selection uses the training folds (every case is in some test fold, so
+  no held-out validation set exists); mean and sd over folds and seeds.
+* ``fig7``: PixelDRL-MG trained with ``t_max`` in ``--t-max`` (default 1..12); a PNG plot of the
+  test Dice against ``t_max``.
+
+Each cell (one method, one setting, one seed) trains in its own folder ``OUT/cells/ID/`` through
+``python -m a3c.launch`` or ``python -m baselines.train`` and is finished when ``result.json``
+is there. A rerun skips finished cells and resumes a PixelDRL-MG cell from its last checkpoint,
+so an interrupted experiment continues where it stopped. ``--budget F`` multiplies every
+training budget (PixelDRL-MG's ``train.max_updates`` and ``train.epochs``, the baselines' epochs)
+by F for a quick check. At the end it writes ``OUT/EXPERIMENT.md`` (mean ± sd over seeds, and
+for table6 over folds too), ``OUT/EXPERIMENT.csv`` (one line per cell) and for fig7
+``OUT/fig7.png``. Every method is scored by the same code (``a3c.metrics`` through
+``a3c.evaluate.score_batch``) on the same split of the same store.
+
+Exit status: 0 when every cell finished; 1 when a cell failed (its log is named, finished cells
+are kept); 2 on bad input, with one ``error: ...`` line.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from a3c.cli import UsageError, one_line, positive_int  # noqa: E402
+from a3c.config import ConfigError, load_config  # noqa: E402
+from a3c.fileio import write_atomic, write_bytes_atomic, write_json_atomic  # noqa: E402
+from a3c.metrics import METRIC_KEYS, TABLE_HEADER  # noqa: E402
+
+EXPERIMENTS = ("table2", "table3", "table4", "table6", "fig7")
+PIXELDRL = "PixelDRL-MG"
+BASELINE_NAMES = {"unet": "U-Net", "attention_unet": "Attention U-Net", "unet_plus_plus": "U-Net++",
+                  "basic_unet": "Basic U-Net", "segresnet": "SegResNet"}
+ABLATION = (("PA3C", False, False), ("PA3C+SAM", True, False), ("PA3C+DC", False, True), (PIXELDRL, True, True))
+SUBSETS = (("50 slices", "train_50"), ("100 slices", "train_100"), ("all training slices", "train"))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training: ``method`` is "pixeldrl" or a baseline name; ``setting`` groups cells into one table row."""
+
+    setting: str
+    row: str
+    method: str
+    seed: int
+    overrides: tuple[str, ...] = ()
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def id(self) -> str:
+        split = "" if self.train_split == "train" else f"-{self.train_split}"  # table6: one cell per fold
+        text = f"{self.setting}-{self.row}{split}-seed{self.seed}".replace("+", "plus")  # U-Net++ is not U-Net
+        return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def plan(args) -> list[Cell]:
+    """The cells of ``args.experiment``, in table order."""
+    cells: list[Cell] = []
+    baselines = [b for b in args.baselines.split(",") if b]
+
+    def methods(setting: str, seed: int, train: str = "train", val: str = "val", test: str = "test", **extra):
+        split = (f"data.train_split={train}", f"data.val_split={val}", f"data.test_split={test}")
+        yield Cell(setting, PIXELDRL, "pixeldrl", seed, split, train, val, test, extra)
+        for b in baselines:
+            yield Cell(setting, BASELINE_NAMES.get(b, b), b, seed, (), train, val, test, extra)
+
+    for seed in args.seeds:
+        if args.experiment == "table2":
+            cells += methods("test split", seed)
+        elif args.experiment == "table3":
+            cells += [Cell("ablation", name, "pixeldrl", seed, (f"model.sam={sam}", f"model.dilation={dc}"))
+                      for name, sam, dc in ABLATION]
+        elif args.experiment == "table4":
+            for label, split in SUBSETS:
+                cells += methods(label, seed, train=split)
+        elif args.experiment == "table6":
+            for k in args.folds:
+                cells += methods("5-fold CV", seed, train=f"fold{k}/train", val=f"fold{k}/train", test=f"fold{k}/test",
+                                 fold=k)
+        elif args.experiment == "fig7":
+            cells += [Cell(f"t_max={t}", PIXELDRL, "pixeldrl", seed, (f"env.t_max={t}",), extra={"t_max": t})
+                      for t in args.t_max]
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        raise UsageError(f"two cells share a folder name: {sorted({i for i in ids if ids.count(i) > 1})}")
+    return cells
+
+
+def scaled_budget(cfg, budget: float) -> list[str]:
+    """Overrides that multiply the config's update and epoch budgets by ``budget``."""
+    out = []
+    if cfg.train.max_updates > 0:
+        out.append(f"train.max_updates={max(1, round(cfg.train.max_updates * budget))}")
+    if cfg.train.epochs > 0:
+        out.append(f"train.epochs={cfg.train.epochs * budget:g}")
+    return out
+
+
+def command(cell: Cell, args, run: Path, resume: bool) -> list[str]:
+    py = [sys.executable]
+    if cell.method == "pixeldrl":
+        if resume:
+            return py + ["-m", "a3c.launch", "--workers", str(args.workers), "--run-dir", str(run), "--resume",
+                         "--data", args.data, "--device", args.device, "--no-progress"]
+        cfg = load_config(args.config, list(cell.overrides))
+        return py + ["-m", "a3c.launch", "--workers", str(args.workers), "--data", args.data, "--run-dir", str(run),
+                     "--device", args.device, "--no-progress", *(["--config", args.config] if args.config else []),
+                     *cell.overrides, f"train.seed={cell.seed}", *scaled_budget(cfg, args.budget)]
+    size = load_config(args.config).data.image_size
+    return py + ["-m", "baselines.train", cell.method, "--data", args.data, "--out", str(run),
+                 "--epochs", f"{max(args.baseline_epochs * args.budget, 1e-3):g}", "--width", args.baseline_width,
+                 "--image-size", str(size), "--seed", str(cell.seed), "--device", args.device, "--no-progress",
+                 "--train-split", cell.train_split, "--val-split", cell.val_split, "--test-split", cell.test_split]
+
+
+def run_cell(cell: Cell, args, out: Path) -> dict:
+    """Train ``cell`` unless its result exists; returns the result dict (metrics, params, wall time)."""
+    folder = out / "cells" / cell.id
+    result_path = folder / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    run = folder / "run"
+    resume = cell.method == "pixeldrl" and (run / "checkpoints" / "latest.pt").exists()
+    if run.exists() and not resume:
+        shutil.rmtree(run)  # a start that wrote no checkpoint: nothing to keep
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = command(cell, args, run, resume)
+    log = folder / "train.log"
+    t0 = time.monotonic()
+    with open(log, "a") as fh:
+        fh.write(f"$ {' '.join(cmd)}\n")
+        fh.flush()
+        res = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if res.returncode != 0:
+        raise RuntimeError(f"cell {cell.id} failed (exit code {res.returncode}); see {log}")
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    result = {"id": cell.id, "setting": cell.setting, "row": cell.row, "method": cell.method, "seed": cell.seed,
+              "train_split": cell.train_split, "val_split": cell.val_split, "test_split": cell.test_split,
+              **cell.extra, "params": int(metrics["params"]), "slices": int(metrics.get("slices", metrics.get("n", 0))),
+              "metrics": {k: float(metrics[k]) for k in METRIC_KEYS}, "wall_s": round(time.monotonic() - t0, 1),
+              "command": " ".join(cmd[1:])}
+    write_json_atomic(result, result_path)
+    return result
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """Group results by (setting, row) in first-seen order: mean and population sd of every metric."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["setting"], r["row"]), []).append(r)
+    rows = []
+    for (setting, row), rs in groups.items():
+        stats = {k: (statistics.fmean(r["metrics"][k] for r in rs), statistics.pstdev(r["metrics"][k] for r in rs))
+                 for k in METRIC_KEYS}
+        rows.append({"setting": setting, "row": row, "n": len(rs), "params": rs[0]["params"], "stats": stats,
+                     "wall_s": sum(r["wall_s"] for r in rs), "extra": {k: rs[0][k] for k in ("t_max",) if k in rs[0]}})
+    return rows
+
+
+def markdown(experiment: str, rows: list[dict], args) -> str:
+    names = TABLE_HEADER.split()
+    lines = [f"# {experiment}: {Path(args.data).name}", "",
+             f"Config `{args.config or 'configs/default.yaml'}`, budget x{args.budget:g}, seeds {args.seeds}, "
+             f"{args.workers} workers, device {args.device}. Mean ± sd over "
+             + ("folds and seeds" if experiment == "table6" else "seeds") + "; n = cells averaged.", "",
+             "| setting | method | " + " | ".join(names) + " | params | n | train s |",
+             "|---|---|" + "---|" * (len(names) + 3)]
+    for r in rows:
+        cells = " | ".join(f"{r['stats'][k][0]:.4f} ± {r['stats'][k][1]:.4f}" for k in METRIC_KEYS)
+        lines.append(f"| {r['setting']} | {r['row']} | {cells} | {r['params'] / 1e6:.2f}M | {r['n']} | {r['wall_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(results: list[dict]) -> str:
+    buf = io.StringIO()
+    cols = ["id", "setting", "row", "method", "seed", "fold", "t_max", "train_split", "test_split", "slices", "params",
+            *METRIC_KEYS, "wall_s"]
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in results:
+        w.writerow({**r, **r["metrics"]})
+    return buf.getvalue()
+
+
+def plot_fig7(rows: list[dict], path: Path) -> None:
+    """Test Dice (mean ± sd over seeds) against t_max, written atomically as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted((r["extra"]["t_max"], *r["stats"]["dice"]) for r in rows)
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3)
+    ax.set_xlabel("t_max (training and inference steps)")
+    ax.set_ylabel("test Dice")
+    ax.set_xticks([p[0] for p in pts])
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png"))
+    plt.close(fig)
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python tools/reproduce.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("experiment", choices=EXPERIMENTS)
+    ap.add_argument("--data", required=True, metavar="FILE.h5", help="HDF5 slice store")
+    ap.add_argument("--config", default=None, help="PixelDRL-MG config (default configs/default.yaml)")
+    ap.add_argument("--seeds", type=int_list, default=[0], help="comma-separated seeds (default 0)")
+    ap.add_argument("--out", default=None, help="output folder (default reproduce/EXPERIMENT-<store name>)")
+    ap.add_argument("--budget", type=positive_float, default=1.0, help="multiply every training budget by this")
+    ap.add_argument("--workers", type=positive_int, default=2, help="PixelDRL-MG worker processes (default 2)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--baselines", default="unet,attention_unet,unet_plus_plus",
+                    help="comma-separated baselines for table2/4/6 ('' for none)")
+    ap.add_argument("--baseline-epochs", type=positive_float, default=50, help="baseline epochs before --budget")
+    ap.add_argument("--baseline-width", default="small", help="baseline channel width (default small: CPU-sized)")
+    ap.add_argument("--t-max", type=int_list, default=list(range(1, 13)), help="fig7's t_max values (default 1..12)")
+    ap.add_argument("--folds", type=int_list, default=[0, 1, 2, 3, 4], help="table6's folds (default all 5)")
+    ap.add_argument("--no-progress", action="store_true", help="print nothing but errors and the table")
+    return ap.parse_args(argv)
+
+
+def check(args) -> None:
+    """Bad input -> UsageError with one line."""
+    from datasets.store import SliceStore, StoreError
+
+    try:
+        store = SliceStore(args.data)
+        n = len(store.indices("train"))
+    except (StoreError, OSError) as exc:
+        raise UsageError(one_line(exc)) from None
+    if n == 0:
+        raise UsageError(f"{args.data}: the train split is empty")
+    try:
+        load_config(args.config)
+    except ConfigError as exc:
+        raise UsageError(one_line(exc)) from None
+    from baselines.models import BASELINES
+
+    unknown = [b for b in args.baselines.split(",") if b and b not in BASELINES]
+    if unknown:
+        raise UsageError(f"--baselines: unknown {', '.join(unknown)}; known: {', '.join(BASELINES)}")
+    if any(t < 1 for t in args.t_max):
+        raise UsageError("--t-max: every value must be at least 1")
+    if any(not 0 <= k < 5 for k in args.folds):
+        raise UsageError("--folds: folds are 0..4")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        check(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out or ROOT / "reproduce" / f"{args.experiment}-{Path(args.data).stem}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: {out}: {one_line(exc)}", file=sys.stderr)
+        return 2
+    try:
+        cells = plan(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    say = (lambda *a: None) if args.no_progress else (lambda msg: print(msg, flush=True))
+    results = []
+    for i, cell in enumerate(cells, 1):
+        done = (out / "cells" / cell.id / "result.json").exists()
+        say(f"[{i}/{len(cells)}] {cell.setting} · {cell.row} · seed {cell.seed}: "
+            + ("finished earlier, skipped" if done else "training ..."))
+        try:
+            results.append(run_cell(cell, args, out))
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        if not done:
+            say(f"    Dice {results[-1]['metrics']['dice']:.4f} in {results[-1]['wall_s']:.0f} s")
+    rows = summarise(results)
+    table = markdown(args.experiment, rows, args)
+    write_bytes_atomic(out / f"{args.experiment}.md", table.encode())
+    write_bytes_atomic(out / f"{args.experiment}.csv", csv_text(results).encode())
+    if args.experiment == "fig7":
+        plot_fig7(rows, out / "fig7.png")
+    print(table)
+    say(f"wrote {out / (args.experiment + '.md')} and .csv" + (" and fig7.png" if args.experiment == "fig7" else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
