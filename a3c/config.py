@@ -89,8 +89,7 @@ class TrainConfig:
     max_worker_restarts: int = _f(5, "stop the run when workers have failed this many times in all")
     amp: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU)")
     channels_last: bool = _f(True, "NHWC activations on CUDA, cuDNN's fast layout for bf16 convolutions (ignored on CPU)")
-    cudnn_benchmark: bool = _f(False, "let cuDNN time its algorithms per shape on CUDA; off by default: with 8 workers "
-                               "autotuning at once, no update arrived within 100 s on an H200 (docs/PERFORMANCE.md)")
+    cudnn_benchmark: bool = _f(False, "let cuDNN time its algorithms per shape on CUDA (off: see docs/PERFORMANCE.md)")
 
 
 @dataclass

@@ -94,20 +94,19 @@ def train_single_process(model: PixelDRLNet, cfg, sample, n_train: int, updates:
     import numpy as np
 
     from a3c.batch import prepare_batch
-    from a3c.params import grads_into, numel
+    from a3c.params import numel
     from a3c.rollout import reference_update
 
     tune_for_device(model.to(device), device, cfg.train)
     learner = Learner(model, torch.zeros(numel(model), device=device), cfg.optim, n_train)
     rng = np.random.default_rng(cfg.train.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    grad = torch.zeros_like(learner.theta)
+    grad = learner.grad  # the model's .grad are views of it, as a worker's are of its slot
     for u in range(1, updates + 1):
         images, masks = sample(rng)[:2]
         x, g = prepare_batch(images, masks, device, cfg.data.image_size)
-        model.zero_grad(set_to_none=True)
+        grad.zero_()
         stats = reference_update(model, x, g, cfg, gen)
-        grads_into(model, grad)
         learner.apply(grad, len(images))
         if callback:
             callback(u, stats)

@@ -2,7 +2,8 @@
 
 The server binds its model's parameters to views of the shared master vector ``theta`` [P], so
 a plain ``torch.optim.Adam`` step updates the shared copy in place; workers copy ``theta`` into
-their own model (``load_flat``) and write their gradient into a slot [P] (``grads_into``).
+a model bound to a local flat vector, and their parameters' ``.grad`` are views of a slot [P]
+(``bind_grads``).
 The order is ``model.parameters()`` order, identical in every process for the same config.
 """
 from __future__ import annotations
@@ -32,29 +33,6 @@ def bind_to_flat(model: nn.Module, flat: torch.Tensor) -> None:
             offset += n
     if offset != flat.numel():
         raise ValueError(f"flat vector has {flat.numel()} elements, model has {offset}")
-
-
-def load_flat(model: nn.Module, flat: torch.Tensor) -> None:
-    """Copy ``flat`` [P] into the model's parameters."""
-    offset = 0
-    with torch.no_grad():
-        for p in model.parameters():
-            n = p.numel()
-            p.copy_(flat[offset:offset + n].view_as(p))
-            offset += n
-
-
-def grads_into(model: nn.Module, out: torch.Tensor) -> None:
-    """Write the parameters' gradients into ``out`` [P] (zeros where a parameter has no grad)."""
-    offset = 0
-    with torch.no_grad():
-        for p in model.parameters():
-            n = p.numel()
-            if p.grad is None:
-                out[offset:offset + n].zero_()
-            else:
-                out[offset:offset + n].copy_(p.grad.reshape(-1))
-            offset += n
 
 
 def bind_grads(model: nn.Module, flat_grad: torch.Tensor) -> None:

@@ -1,8 +1,9 @@
 """The parameter-server process: the only process that runs the optimiser.
 
 It builds the network, allocates the shared tensors (``workers.shared``), hands the counters to
-the launcher and the whole state to each worker over its pipe, then serves: it waits on every worker's pipe, applies each pushed gradient in arrival
-order through ``a3c.learner.Learner`` (non-finite gradients rejected and counted), answers
+the launcher and the whole state to each worker over its pipe, then serves: it waits on every
+worker's pipe, applies each pushed gradient in arrival order through ``a3c.learner.Learner``
+(non-finite gradients rejected and counted), answers
 ``"ok"`` (or ``"stop"`` once the budget is spent), logs training scalars to TensorBoard, and
 writes ``checkpoints/latest.pt`` atomically on a timer, at the end and on a stop request.
 Control messages from the launcher: ``("add_worker", rank, conn)``, ``("stop",)``, ``("exit",)``.
