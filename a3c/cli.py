@@ -1,8 +1,9 @@
 """Helpers shared by the command-line programs (launch, tools, baselines): one-line errors, int
-argument types, the device."""
+and float argument types, the device."""
 from __future__ import annotations
 
 import argparse
+import math
 
 
 class UsageError(Exception):
@@ -29,6 +30,17 @@ def _int_at_least(low: int):
 
 positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not v > 0 or not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return v
 
 
 def resolve_device(name: str):

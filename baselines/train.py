@@ -46,7 +46,7 @@ import torch
 
 from a3c.batch import prepare_batch
 from a3c.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
-from a3c.cli import UsageError, non_negative_int, one_line, positive_int, resolve_device
+from a3c.cli import UsageError, non_negative_int, one_line, positive_float, positive_int, resolve_device
 from a3c.evaluate import EvalResult, limit_batches, score_batch, table_row
 from a3c.fileio import write_json_atomic
 from a3c.metrics import METRIC_KEYS, aggregate_metrics
@@ -335,16 +335,6 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
 
 
 # ------------------------------------------------------------------------------ command line
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not v > 0 or not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return v
-
-
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m baselines.train",
@@ -356,11 +346,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", required=True, metavar="FILE.h5", help="HDF5 slice store")
     ap.add_argument("--out", required=True, metavar="DIR", help="output folder (best.pt, test_metrics.json)")
     sched = ap.add_mutually_exclusive_group()
-    sched.add_argument("--epochs", type=_positive_float, default=None, metavar="N",
+    sched.add_argument("--epochs", type=positive_float, default=None, metavar="N",
                        help=f"epochs of ceil(n_train / batch) updates (default {DEFAULT_EPOCHS})")
     sched.add_argument("--max-updates", type=positive_int, default=None, metavar="N", help="number of updates")
     ap.add_argument("--batch", type=positive_int, default=8, metavar="N", help="slices per update (default 8)")
-    ap.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    ap.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
     ap.add_argument("--image-size", type=non_negative_int, default=0, metavar="S",
                     help="resize slices to S x S (bilinear images, nearest masks); 0 = as stored (default)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",

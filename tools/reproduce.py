@@ -35,7 +35,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -49,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from a3c.cli import UsageError, one_line, positive_int  # noqa: E402
+from a3c.cli import UsageError, one_line, positive_float, positive_int  # noqa: E402
 from a3c.config import ConfigError, load_config  # noqa: E402
 from a3c.fileio import write_atomic, write_bytes_atomic, write_json_atomic  # noqa: E402
 from a3c.metrics import METRIC_KEYS, TABLE_HEADER  # noqa: E402
@@ -240,16 +239,6 @@ def int_list(text: str) -> list[int]:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one integer")
     return values
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def parse_args(argv):
