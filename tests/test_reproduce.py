@@ -43,6 +43,8 @@ def test_experiments_with_baselines_write_their_tables(tiny_store, tmp_path, exp
     assert all(f"| {setting} | {row} |" in table for setting, row in rows)
     if experiment == "table6":  # each fold tested on its own cases; both folds averaged into one row
         assert {r["test_split"] for r in lines} == {"fold0/test", "fold1/test"}
+        for r in lines:  # the trainings themselves were tested on the fold's cases
+            assert json.loads((out / "cells" / r["id"] / "run" / "test_metrics.json").read_text())["split"] == r["test_split"]
         assert "| 2 |" in table
     if experiment == "table4":
         assert {r["train_split"] for r in lines} == {"train_50", "train_100", "train"}

@@ -63,7 +63,10 @@ SUBSETS = (("50 slices", "train_50"), ("100 slices", "train_100"), ("all trainin
 
 @dataclass(frozen=True)
 class Cell:
-    """One training: ``method`` is "pixeldrl" or a baseline name; ``setting`` groups cells into one table row."""
+    """One training: ``method`` is "pixeldrl" or a baseline name; ``setting`` groups cells into one table row.
+
+    The splits are the cell's for every method (PixelDRL-MG gets them as ``data.*_split`` overrides);
+    ``overrides`` holds the other PixelDRL-MG config changes (ablation switches, ``t_max``)."""
 
     setting: str
     row: str
@@ -88,8 +91,7 @@ def plan(args) -> list[Cell]:
     baselines = [b for b in args.baselines.split(",") if b]
 
     def methods(setting: str, seed: int, train: str = "train", val: str = "val", test: str = "test", **extra):
-        split = (f"data.train_split={train}", f"data.val_split={val}", f"data.test_split={test}")
-        yield Cell(setting, PIXELDRL, "pixeldrl", seed, split, train, val, test, extra)
+        yield Cell(setting, PIXELDRL, "pixeldrl", seed, (), train, val, test, extra)
         for b in baselines:
             yield Cell(setting, BASELINE_NAMES.get(b, b), b, seed, (), train, val, test, extra)
 
@@ -131,10 +133,12 @@ def command(cell: Cell, args, run: Path, resume: bool) -> list[str]:
         if resume:
             return py + ["-m", "a3c.launch", "--workers", str(args.workers), "--run-dir", str(run), "--resume",
                          "--data", args.data, "--device", args.device, "--no-progress"]
-        cfg = load_config(args.config, list(cell.overrides))
+        overrides = [*cell.overrides, f"data.train_split={cell.train_split}", f"data.val_split={cell.val_split}",
+                     f"data.test_split={cell.test_split}", f"train.seed={cell.seed}"]
+        cfg = load_config(args.config, overrides)
         return py + ["-m", "a3c.launch", "--workers", str(args.workers), "--data", args.data, "--run-dir", str(run),
                      "--device", args.device, "--no-progress", *(["--config", args.config] if args.config else []),
-                     *cell.overrides, f"train.seed={cell.seed}", *scaled_budget(cfg, args.budget)]
+                     *overrides, *scaled_budget(cfg, args.budget)]
     size = load_config(args.config).data.image_size
     return py + ["-m", "baselines.train", cell.method, "--data", args.data, "--out", str(run),
                  "--epochs", f"{max(args.baseline_epochs * args.budget, 1e-3):g}", "--width", args.baseline_width,
