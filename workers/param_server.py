@@ -1,12 +1,17 @@
-"""The parameter-server process: the only process that runs the optimiser.
+"""The parameter server: the only place the optimiser runs.
 
-It builds the network, allocates the shared tensors (``workers.shared``), hands the counters to
-the launcher and the whole state to each worker over its pipe, then serves: it waits on every
-worker's pipe, applies each pushed gradient in arrival order through ``a3c.learner.Learner``
-(non-finite gradients rejected and counted), answers
-``"ok"`` (or ``"stop"`` once the budget is spent), logs training scalars to TensorBoard, and
-writes ``checkpoints/latest.pt`` atomically on a timer, at the end and on a stop request.
-Control messages from the launcher: ``("add_worker", rank, conn)``, ``("stop",)``, ``("exit",)``.
+``ParamServer`` is the server's logic, the same for every transport: it owns the network bound
+to the master vector ``theta`` [P], applies each pushed gradient in arrival order through
+``a3c.learner.Learner`` (non-finite gradients rejected and counted), logs training scalars to
+TensorBoard, and writes ``checkpoints/latest.pt`` atomically on a timer, at the end and on a
+stop request. ``serve`` is the local (``torch.multiprocessing``) transport around it: shared
+tensors (``workers.shared``) and one pipe per worker; the Ray transport is in
+``workers.ray_backend``.
+
+``serve`` hands the counters to the launcher and the whole state to each worker over its pipe,
+then waits on every worker's pipe and answers each push with ``"ok"`` (or ``"stop"`` once the
+budget is spent). Control messages from the launcher: ``("add_worker", rank, conn)``,
+``("stop",)``, ``("exit",)``.
 """
 from __future__ import annotations
 
@@ -69,47 +74,115 @@ def budget_spent(cfg, counters: dict) -> bool:
     return (t.max_updates > 0 and counters["updates"] >= t.max_updates) or (t.epochs > 0 and counters["epoch"] >= t.epochs)
 
 
+class ParamServer:
+    """Algorithm 1's shared side: theta, Adam, the LR schedule, checkpoints and training scalars.
+
+    ``make_theta(P)`` allocates the master vector [P] (shared memory for the local transport, a
+    plain tensor for Ray); ``before_write``/``after_write`` bracket every write of it (the local
+    transport's seqlock). ``push`` applies one gradient and says whether the worker goes on;
+    ``tick`` runs the log and checkpoint timers; ``status`` is what the launcher shows.
+    """
+
+    def __init__(self, logger, cfg_dict: dict, image_channels: int, image_size: list, n_train: int, run_dir: str,
+                 device: torch.device, resume: dict | None, preprocess: dict, make_theta,
+                 before_write=None, after_write=None):
+        self.logger, self.cfg = logger, config_from_dict(cfg_dict)
+        self.image_channels, self.image_size, self.preprocess = image_channels, list(image_size), preprocess
+        self.run = Path(run_dir)
+        self.before_write, self.after_write = before_write, after_write
+        torch.manual_seed(self.cfg.train.seed)
+        self.model = build_model(self.cfg.model, image_channels, self.cfg.env.state).to(device)
+        self.theta = make_theta(numel(self.model))
+        self.learner = Learner(self.model, self.theta, self.cfg.optim, n_train)
+        if resume is not None:
+            self.learner.load(resume)
+            torch.set_rng_state(resume["rng"])
+            logger.info("resumed at update %d, epoch %.3f", self.learner.updates, self.learner.epoch)
+        self.writer = SummaryWriter(str(self.run / "tb"))
+        self.writer.add_text("config", "```\n" + self.cfg.to_yaml() + "\n```", self.learner.updates)
+        self.log = TrainLog(self.writer, self.cfg.env.t_max)
+        self.last_ckpt = self.last_log = time.monotonic()
+        self.rate = 0.0
+        self.stopping = budget_spent(self.cfg, self.learner.counters())
+        if self.stopping:
+            self.checkpoint("budget already spent")
+
+    @property
+    def updates(self) -> int:
+        return self.learner.updates
+
+    def status(self) -> dict:
+        """``updates, images, epoch, lr, rejected`` (counters), ``done`` (0/1), ``img_steps_per_s``."""
+        return {**self.learner.counters(), "done": float(self.stopping), "img_steps_per_s": self.rate}
+
+    def checkpoint(self, reason: str) -> None:
+        obj = {"format": FORMAT, "config": self.cfg.to_dict(), "image_channels": self.image_channels,
+               "image_size": self.image_size, "params": count_params(self.model),
+               "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+               "optimizer": self.learner.optimizer.state_dict(), "counters": self.learner.counters(),
+               "rng": torch.get_rng_state(), "preprocess": self.preprocess, "created": time.time()}
+        save_checkpoint(obj, self.run / "checkpoints" / "latest.pt")
+        self.logger.info("checkpoint (%s) at update %d", reason, self.learner.updates)
+
+    def push(self, rank: int, grad: torch.Tensor, version: int, n_images: int, stats: dict) -> bool:
+        """Apply ``grad`` [P], computed by worker ``rank`` on parameters of ``version``; False: stop."""
+        if not self.stopping:
+            learner = self.learner
+            staleness = learner.updates - version
+            if learner.apply(grad, n_images, self.before_write, self.after_write):
+                self.log.add(stats, staleness)
+                if learner.updates in (1, 10, 100):
+                    self.logger.info("update %d applied", learner.updates)
+            else:
+                self.logger.warning("rejected a non-finite gradient from worker %d (%d so far)", rank, learner.rejected)
+            if budget_spent(self.cfg, learner.counters()):
+                self.stop("budget spent")
+        return not self.stopping
+
+    def stop(self, reason: str) -> None:
+        """No more updates: a final checkpoint; every later push is answered with stop."""
+        if not self.stopping:
+            self.stopping = True
+            self.checkpoint(reason)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self.last_log >= LOG_INTERVAL_S:
+            self.rate = self.log.flush(self.learner.counters(), now)
+            self.last_log = now
+        if not self.stopping and now - self.last_ckpt >= self.cfg.train.checkpoint_interval_s:
+            self.checkpoint("timer")
+            self.last_ckpt = now
+
+    def close(self) -> None:
+        self.log.flush(self.learner.counters(), time.monotonic())
+        self.writer.close()
+
+
 def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train: int, run_dir: str,
           device_str: str, slots: int, conns: dict, ctrl, init_q, resume: dict | None, preprocess: dict) -> None:
-    cfg = config_from_dict(cfg_dict)
+    """The local transport: shared tensors, a pipe per worker, a control pipe from the launcher."""
     device = torch.device(device_str)
-    run = Path(run_dir)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, image_channels, cfg.env.state).to(device)
-    shared = SharedState.allocate(numel(model), slots, device)
-    learner = Learner(model, shared.theta, cfg.optim, n_train)
-    if resume is not None:
-        learner.load(resume)
-        torch.set_rng_state(resume["rng"])
-        logger.info("resumed at update %d, epoch %.3f", learner.updates, learner.epoch)
+    holder: dict[str, SharedState] = {}
+
+    def make_theta(n_params: int) -> torch.Tensor:
+        holder["shared"] = SharedState.allocate(n_params, slots, device)
+        return holder["shared"].theta
+
+    server = ParamServer(logger, cfg_dict, image_channels, image_size, n_train, run_dir, device, resume, preprocess,
+                         make_theta, before_write=lambda: holder["shared"].begin_write(),
+                         after_write=lambda: holder["shared"].end_write())
+    shared = holder["shared"]
     shared.seq.zero_()
 
     def publish() -> None:
-        c = learner.counters()
-        for k in ("updates", "images", "epoch", "lr", "rejected"):
-            shared.set(k, c[k])
-
-    def checkpoint(reason: str) -> None:
-        obj = {"format": FORMAT, "config": cfg.to_dict(), "image_channels": image_channels,
-               "image_size": list(image_size), "params": count_params(model),
-               "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-               "optimizer": learner.optimizer.state_dict(), "counters": learner.counters(),
-               "rng": torch.get_rng_state(), "preprocess": preprocess, "created": time.time()}
-        save_checkpoint(obj, run / "checkpoints" / "latest.pt")
-        logger.info("checkpoint (%s) at update %d", reason, learner.updates)
+        for k, v in server.status().items():
+            shared.set(k, v)
 
     publish()
     init_q.put(("ready", shared.for_observers()))
     for conn in conns.values():
         conn.send(("shared", shared))
-    writer = SummaryWriter(str(run / "tb"))
-    writer.add_text("config", "```\n" + cfg.to_yaml() + "\n```", learner.updates)
-    log = TrainLog(writer, cfg.env.t_max)
-    last_ckpt = last_log = time.monotonic()
-    stopping = budget_spent(cfg, learner.counters())
-    if stopping:
-        checkpoint("budget already spent")
-        shared.set("done", 1)
     while True:
         ready = wait(list(conns.values()) + [ctrl], timeout=0.5)
         for conn in ready:
@@ -121,13 +194,11 @@ def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train
                 if msg[0] == "add_worker":
                     conns[msg[1]] = msg[2]
                     msg[2].send(("shared", shared))
-                elif msg[0] == "stop" and not stopping:
-                    stopping = True
-                    checkpoint("stop requested")
-                    shared.set("done", 1)
+                elif msg[0] == "stop":
+                    server.stop("stop requested")
+                    publish()
                 elif msg[0] == "exit":
-                    log.flush(learner.counters(), time.monotonic())
-                    writer.close()
+                    server.close()
                     return
                 continue
             rank = next(r for r, c in conns.items() if c is conn)
@@ -137,28 +208,11 @@ def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train
                 del conns[rank]
                 logger.info("worker %d disconnected", rank)
                 continue
-            if not stopping:
-                staleness = learner.updates - version
-                applied = learner.apply(shared.grads[rank], n_images, shared.begin_write, shared.end_write)
-                if applied:
-                    log.add(stats, staleness)
-                    if learner.updates in (1, 10, 100):
-                        logger.info("update %d applied", learner.updates)
-                else:
-                    logger.warning("rejected a non-finite gradient from worker %d (%d so far)", rank, learner.rejected)
-                publish()
-                if budget_spent(cfg, learner.counters()):
-                    stopping = True
-                    checkpoint("budget spent")
-                    shared.set("done", 1)
+            go_on = server.push(rank, shared.grads[rank], version, n_images, stats)
+            publish()
             try:
-                conn.send("stop" if stopping else "ok")
+                conn.send("ok" if go_on else "stop")
             except (BrokenPipeError, OSError):
                 del conns[rank]
-        now = time.monotonic()
-        if now - last_log >= LOG_INTERVAL_S:
-            shared.set("img_steps_per_s", log.flush(learner.counters(), now))
-            last_log = now
-        if not stopping and now - last_ckpt >= cfg.train.checkpoint_interval_s:
-            checkpoint("timer")
-            last_ckpt = now
+        server.tick()
+        shared.set("img_steps_per_s", server.rate)

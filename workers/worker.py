@@ -1,9 +1,10 @@
-"""A worker process: pull parameters, sample a batch, run one reference update, push the gradient.
+"""A worker: pull parameters, sample a batch, run one reference update, push the gradient.
 
-This is Algorithm 1's thread loop. The model's ``.grad`` tensors are views of the worker's slot of
-the shared ``grads`` tensor, so the backward accumulates the gradient there with no copy. Over
-the pipe travels only ``("grad", rank, version, n_images, stats)``, and the worker waits for the
-server's ``"ok"`` (slot consumed) or ``"stop"`` before it zeroes and reuses the slot.
+This is Algorithm 1's thread loop, written once against ``workers.link.Link`` and run by both
+transports: ``work`` is the local process target (``PipeLink``), ``workers.ray_backend`` runs
+``run_worker`` inside a Ray actor. The model's ``.grad`` tensors are views of ``link.grad``, so
+the backward accumulates the gradient there with no copy; the worker zeroes it only after the
+server has answered the previous push.
 
 Fault injection for tests (environment variables, read once):
 ``PIXELDRL_FAULT_RAISE=1`` raises on every worker's first update; ``PIXELDRL_FAULT_NAN_EVERY=k``
@@ -23,6 +24,7 @@ from a3c.model import build_model, tune_for_device
 from a3c.params import bind_grads, bind_to_flat, numel
 from a3c.rollout import reference_update
 from datasets.store import SliceStore
+from workers.link import Link, PipeLink
 from workers.shared import SharedState
 
 
@@ -36,19 +38,18 @@ def peak_memory(device: torch.device) -> str:
     return out
 
 
-def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int, conn, device_str: str,
-         seed: int) -> None:
+def run_worker(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int, device_str: str,
+               seed: int, make_link) -> int:
+    """Train until the server says stop; ``make_link(n_params, device) -> Link``. Returns updates pushed."""
     cfg = config_from_dict(cfg_dict)
     device = torch.device(device_str)
-    kind, shared = conn.recv()  # the server's first message: its shared tensors
-    assert kind == "shared" and isinstance(shared, SharedState), kind
     torch.manual_seed(seed)
     store = SliceStore(store_path)
     model = tune_for_device(build_model(cfg.model, image_channels, cfg.env.state).to(device), device, cfg.train)
+    link: Link = make_link(numel(model), device)
     local = torch.empty(numel(model), device=device)
     bind_to_flat(model, local)
-    slot = shared.grads[rank]  # backward accumulates straight into this worker's shared slot
-    bind_grads(model, slot)
+    bind_grads(model, link.grad)  # backward accumulates straight into the link's buffer
     rng = np.random.default_rng(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     fault_raise = os.environ.get("PIXELDRL_FAULT_RAISE") == "1"
@@ -57,10 +58,10 @@ def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int
     pushed = 0
     started = time.monotonic()
     while True:
-        version = shared.read_theta(local)
+        version = link.pull(local)
         images, masks, _ = store.sample(cfg.data.train_split, cfg.train.batch_size, rng)
         x, g = prepare_batch(images, masks, device, cfg.data.image_size)
-        slot.zero_()  # the server has consumed it: it answered our last push
+        link.grad.zero_()  # the server has consumed it: it answered our last push
         stats = reference_update(model, x, g, cfg, gen)
         if fault_raise:
             raise RuntimeError(f"injected fault in worker {rank}")
@@ -68,10 +69,16 @@ def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int
         if pushed == 1:  # the warm-up (CUDA context, kernels, autotuning) shows in the logs
             logger.info("worker %d: first gradient %.1f s after start", rank, time.monotonic() - started)
         if nan_every and pushed % nan_every == 0:
-            slot[0] = float("nan")
-        if slot.is_cuda:  # the server reads the slot from another process: the copy must be done
-            torch.cuda.synchronize(device)
-        conn.send(("grad", rank, version, stats.n_images, stats.as_dict()))
-        if conn.recv() == "stop":
+            link.grad[0] = float("nan")
+        if not link.push(version, stats.n_images, stats.as_dict()):
             logger.info("worker %d stopping after %d updates; %s", rank, pushed, peak_memory(device))
-            return
+            return pushed
+
+
+def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int, conn, device_str: str,
+         seed: int) -> None:
+    """The local transport's worker process: the server's shared state arrives first on ``conn``."""
+    kind, shared = conn.recv()
+    assert kind == "shared" and isinstance(shared, SharedState), kind
+    run_worker(logger, rank, cfg_dict, store_path, image_channels, device_str, seed,
+               lambda n_params, device: PipeLink(shared, rank, conn))
