@@ -2,11 +2,12 @@
 
     python bench/throughput.py [--config FILE] [--size S] [--batch B] [--t-max T] [--workers 1,2]
                                [--updates N] [--device cpu|cuda] [--modes async,batched]
-                               [--rollout onestep|full] [--peak-tflops X] [overrides ...]
+                               [--rollout onestep|full] [--peak-tflops X] [--backend local|ray]
+                               [overrides ...]
 
 For each worker count W it prints one JSON line per mode:
 
-* ``async``: the real trainer (``python -m a3c.launch``) with W workers of batch B on a
+* ``async``: the real trainer (``python -m a3c.launch --backend BACKEND``) with W workers of batch B on a
   synthetic store of S x S slices, one torch thread per worker; image-steps/s is the median of
   the server's ``charts/img_steps_per_s`` after the first quarter of the run; memory is the
   largest worker peak (RSS; CUDA allocated memory on a GPU) from the workers' logs.
@@ -16,7 +17,7 @@ For each worker count W it prints one JSON line per mode:
 Each line carries ``mode, workers, batch, t_max, size, device, rollout, img_steps_per_s,
 updates_per_s, peak_mem_mib, flops_per_img_step`` (forward and backward as the rollout mode
 does them, counted with ``torch.utils.flop_counter``), ``mfu`` on CUDA with ``--peak-tflops``,
-and for async the ratio to the batched line of the same W. Figures are for comparison on one
+and for async its ``backend`` and the ratio to the batched line of the same W. Figures are for comparison on one
 machine; on a shared machine compare ratios.
 """
 from __future__ import annotations
@@ -93,7 +94,7 @@ def run_async(args, store_path: str, workers: int, overrides: list[str]) -> dict
 
     with tempfile.TemporaryDirectory() as run:
         cmd = [sys.executable, "-m", "a3c.launch", "--workers", str(workers), "--data", store_path,
-               "--run-dir", run, "--device", args.device, "--no-progress",
+               "--run-dir", run, "--device", args.device, "--no-progress", "--backend", args.backend,
                f"train.max_updates={args.updates}", "train.checkpoint_interval_s=100000", *overrides]
         if args.config:
             cmd[3:3] = ["--config", args.config]
@@ -135,6 +136,7 @@ def main() -> int:
     ap.add_argument("--modes", default="async,batched")
     ap.add_argument("--rollout", default=None, choices=("onestep", "full"))
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (e.g. bf16 dense)")
+    ap.add_argument("--backend", default="local", choices=("local", "ray"), help="the async trainer's transport")
     ap.add_argument("--_batched", nargs=2, metavar=("STORE", "WORKERS"), help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -179,6 +181,8 @@ def main() -> int:
                     line["mfu"] = round(m["img_steps_per_s"] * flops / (args.peak_tflops * 1e12), 4)
                 if "wall_s" in m:
                     line["wall_s"] = m["wall_s"]
+                if mode == "async":
+                    line["backend"] = args.backend
                 lines[mode] = line
             if "async" in lines and "batched" in lines and lines["batched"]["img_steps_per_s"] > 0:
                 lines["async"]["ratio_to_batched"] = round(lines["async"]["img_steps_per_s"] / lines["batched"]["img_steps_per_s"], 3)

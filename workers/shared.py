@@ -45,6 +45,12 @@ class SharedState:
         status.share_memory_()
         return cls(theta, grads, seq, status)
 
+    @classmethod
+    def counters_only(cls) -> "SharedState":
+        """``seq`` and ``status`` alone, in CPU shared memory: the launcher's copy where the server is remote."""
+        seq = torch.zeros(1, dtype=torch.int64).share_memory_()
+        return cls(None, None, seq, torch.zeros(len(STATUS), dtype=torch.float64).share_memory_())
+
     def for_observers(self) -> "SharedState":
         """The counters alone (no ``theta``, no ``grads``): what the launcher and the monitor hold."""
         return SharedState(None, None, self.seq, self.status)

@@ -1,0 +1,159 @@
+"""The Ray transport (``--backend ray``): a local instance, a killed worker actor, a second node.
+
+Skipped where Ray is not installed (``pip install -r requirements-ray.txt``; CI installs it).
+The cluster tests start a real two-node Ray cluster on this machine with ``ray start`` (the head
+with one CPU, so that a second one-CPU worker must go to the second node), authenticated with a
+token of their own, and stop it with ``ray stop`` at the end.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from a3c.checkpoint import load_checkpoint
+from tests.conftest import ROOT, run_module
+
+SMOKE = "configs/smoke.yaml"
+
+
+def ray_args(store, run_dir, workers=2, *extra):
+    return ["-m", "a3c.launch", "--backend", "ray", "--workers", str(workers), "--config", SMOKE, "--data",
+            str(store), "--run-dir", str(run_dir), "--device", "cpu", "--no-progress", *extra]
+
+
+def updates_in(path: Path) -> int:
+    return int(load_checkpoint(path)["counters"]["updates"])
+
+
+def test_ray_backend_missing_is_a_usage_error(tiny_store, tmp_path):
+    script = "import sys; sys.modules['ray'] = None\nfrom a3c.launch import main\nsys.exit(main(sys.argv[1:]))"
+    res = subprocess.run([sys.executable, "-c", script, *ray_args(tiny_store, tmp_path / "run")[2:]], cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: --backend ray needs Ray, which is not installed: pip install -r requirements-ray.txt")
+    assert not (tmp_path / "run").exists()
+
+
+def test_ray_address_needs_ray_backend(tiny_store, tmp_path):
+    res = run_module(["-m", "a3c.launch", "--ray-address", "127.0.0.1:1", "--data", str(tiny_store)], timeout=60)
+    assert res.returncode == 2 and "--ray-address needs --backend ray" in res.stderr
+
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="Ray is not installed (pip install -r requirements-ray.txt)")
+
+
+@needs_ray
+def test_ray_local_instance_trains_two_workers(tiny_store, tmp_path):
+    run = tmp_path / "run"
+    res = run_module(ray_args(tiny_store, run, 2, "train.max_updates=12"), timeout=240)
+    assert res.returncode == 0, res.stderr
+    ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert ckpt["counters"]["updates"] == 12 and ckpt["counters"]["images"] == 24
+    assert (run / "checkpoints" / "best.pt").exists() and "DICE" in res.stdout
+    info = json.loads((run / "ray.json").read_text())
+    assert sorted(info["workers"]) == ["0", "1"] and all(w["node"] for w in info["workers"].values())
+    for rank in (0, 1):  # each worker pushed gradients and stopped when told
+        log = (run / "logs" / f"worker{rank}.log").read_text()
+        assert "first gradient" in log and "stopping after" in log
+    server = (run / "logs" / "server.log").read_text()
+    assert "checkpoint (budget spent) at update 12" in server
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = set()
+    for ev in (run / "tb").glob("events.*"):
+        acc = EventAccumulator(str(ev), size_guidance={"scalars": 0})
+        acc.Reload()
+        scalars |= set(acc.Tags()["scalars"])
+    assert {"losses/policy_loss", "charts/img_steps_per_s", "val/dice"} <= scalars
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head node (1 CPU) and a second node (2 CPUs, resource ``second_node``) on this machine."""
+    exe = shutil.which("ray", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    if exe is None:
+        pytest.skip("the ray command is not on PATH")
+    tmp = tmp_path_factory.mktemp("ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex, "PYTHONPATH": str(ROOT)}
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--object-store-memory", str(150 * 2**20), "--disable-usage-stats"]
+    try:
+        subprocess.run([exe, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "1",
+                        "--include-dashboard=false", "--temp-dir", str(tmp), *common], env=env, check=True,
+                       capture_output=True, text=True, timeout=120)
+        subprocess.run([exe, "start", "--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+                        "--resources", json.dumps({"second_node": 1}), *common], env=env, check=True,
+                       capture_output=True, text=True, timeout=120)
+        probe = ("import json, ray; ray.init(address='%s'); print(json.dumps([n['NodeID'] for n in ray.nodes() "
+                 "if n['Alive'] and 'second_node' in n['Resources']]))" % address)
+        out = subprocess.run([sys.executable, "-c", probe], env=env, check=True, capture_output=True, text=True,
+                             timeout=120).stdout
+        second = json.loads(out.strip().splitlines()[-1])
+        assert len(second) == 1, out
+        yield {"address": address, "env": env, "second_node": second[0]}
+    except subprocess.CalledProcessError as exc:
+        raise AssertionError(f"{exc.cmd[:3]} failed: {exc.stderr[-2000:]}") from None
+    finally:
+        subprocess.run([exe, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@needs_ray
+def test_ray_cluster_places_workers_on_the_second_node(cluster, tiny_store, tmp_path):
+    run = tmp_path / "run"
+    res = run_module(ray_args(tiny_store, run, 2, "--ray-address", cluster["address"], "train.max_updates=10"),
+                     env=cluster["env"], timeout=240)
+    assert res.returncode == 0, res.stderr
+    info = json.loads((run / "ray.json").read_text())
+    nodes = [w["node"] for w in info["workers"].values()]
+    assert cluster["second_node"] in nodes, info
+    assert info["server_node"] != cluster["second_node"]  # the server stays on the launcher's (head) node
+    assert updates_in(run / "checkpoints" / "latest.pt") == 10
+
+
+@needs_ray
+def test_ray_killed_worker_actor_is_replaced_and_run_completes(cluster, tiny_store, tmp_path):
+    run = tmp_path / "run"
+    total = 500
+    proc = subprocess.Popen([sys.executable, *ray_args(tiny_store, run, 2, "--ray-address", cluster["address"],
+                                                       f"train.max_updates={total}")],
+                            cwd=ROOT, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        latest = run / "checkpoints" / "latest.pt"
+        deadline = time.monotonic() + 120
+        while not ((run / "ray.json").exists() and latest.exists() and updates_in(latest) > 0):
+            assert time.monotonic() < deadline and proc.poll() is None, "the run did not start"
+            time.sleep(0.2)
+        namespace = json.loads((run / "ray.json").read_text())["namespace"]
+        kill = ("import ray; ray.init(address='%s', namespace='%s'); ray.kill(ray.get_actor('worker0.0')); "
+                "print('killed')" % (cluster["address"], namespace))
+        res = subprocess.run([sys.executable, "-c", kill], env=cluster["env"], capture_output=True, text=True,
+                             timeout=120)
+        assert "killed" in res.stdout, res.stderr[-2000:]
+        before = updates_in(latest)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert before < total, "the run ended before the kill: raise its budget"
+    assert proc.returncode == 0, err
+    assert "worker 0 died (its Ray actor died); restarting it (1/5)" in err
+    assert json.loads((run / "ray.json").read_text())["workers"]["0"]["actor"] == "worker0.1"
+    assert (run / "logs" / "worker0.log").read_text().count("INFO started") == 2
+    assert updates_in(run / "checkpoints" / "latest.pt") == total

@@ -1,0 +1,319 @@
+"""The Ray transport: the parameter server and the workers as Ray actors, tensors through Ray's object store.
+
+Same Algorithm 1 as the local transport (``workers.param_server.ParamServer`` and
+``workers.worker.run_worker`` are shared), same checkpoints, TensorBoard and monitor:
+
+* ``ServerActor`` runs ``ParamServer`` on the launcher's node (checkpoints and TensorBoard land
+  in the run folder there), with the parameters on the CPU: they travel through the object store
+  as CPU tensors anyway. Its methods run one at a time, so pushes are applied in arrival order.
+  After each update it puts a copy of theta [P] in the object store once; every worker's pull
+  of that version reads the same object.
+* ``WorkerActor`` runs ``run_worker`` with a ``RayLink``: ``push`` sends the gradient [P] and
+  gets back the go-on flag and a reference to the latest theta, which the next ``pull`` reads
+  (one round trip per update). Workers are spread over the cluster's nodes (``SPREAD``) and ask
+  for ``train.threads_per_worker`` CPUs each (and a share of the GPUs with ``--device cuda``).
+* ``RayLauncher`` is the supervisor: the same methods as ``workers.launcher.Launcher``; a worker
+  whose actor died (killed, its node lost, an exception) is replaced by a new actor.
+
+Every node needs the project's Python packages (torch, h5py, ...) installed and must see the
+HDF5 store at the path given to ``--data``; the project's own code is shipped to the nodes by
+Ray (``py_modules``). Where the run folder is not visible on a worker's node, that worker logs
+to its Ray log (``/tmp/ray/session_latest/logs`` on that node) instead of ``RUN/logs``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import traceback
+import uuid
+from pathlib import Path
+
+import torch
+
+from a3c.fileio import write_json_atomic
+from workers.common import setup_logging
+from workers.launcher import STARTUP_TIMEOUT_S, STOP_GRACE_S, Launcher, RunError, preprocess_info
+from workers.param_server import ParamServer
+from workers.shared import SharedState
+from workers.worker import run_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("a3c", "workers", "datasets")
+STATUS_TIMEOUT_S = 60.0
+
+
+def actor_logger(name: str, log_dir: str) -> logging.Logger:
+    """``log_dir/<name>.log`` where this node can write it, else stderr (Ray's log on that node)."""
+    try:
+        return setup_logging(name, Path(log_dir))
+    except OSError:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.handlers.clear()
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s pid=%(process)d %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+        return logger
+
+
+def set_threads(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+class ServerActor:
+    """``ParamServer`` behind Ray methods: ``pull``, ``push``, ``status``, ``stop``, ``close``."""
+
+    def __init__(self, log_dir: str, threads: int, cfg_dict: dict, image_channels: int, image_size: list,
+                 n_train: int, run_dir: str, resume: dict | None, preprocess: dict):
+        set_threads(threads)
+        self.logger = actor_logger("server", log_dir)
+        self.logger.info("started")
+        self.server = ParamServer(self.logger, cfg_dict, image_channels, image_size, n_train, run_dir,
+                                  torch.device("cpu"), resume, preprocess, lambda n: torch.zeros(n))
+        self.ref, self.ref_version = None, -1
+
+    def latest(self) -> tuple[int, list]:
+        """(version, [object ref of theta [P]]); the ref is in a list so that Ray passes it unread."""
+        import ray
+
+        if self.ref_version != self.server.updates:
+            self.ref, self.ref_version = ray.put(self.server.theta.clone()), self.server.updates
+        return self.ref_version, [self.ref]
+
+    def pull(self) -> tuple[int, list]:
+        return self.latest()
+
+    def push(self, rank: int, grad: torch.Tensor, version: int, n_images: int, stats: dict) -> tuple[bool, int, list]:
+        """Apply ``grad`` [P]; returns (go on, latest version, [ref of its theta])."""
+        go_on = self.server.push(rank, grad, version, n_images, stats)
+        self.server.tick()
+        return (go_on, *self.latest())
+
+    def status(self) -> dict:
+        self.server.tick()
+        return self.server.status()
+
+    def stop(self) -> dict:
+        self.server.stop("stop requested")
+        return self.server.status()
+
+    def close(self) -> None:
+        self.server.close()
+        self.logger.info("finished")
+
+
+class RayLink:
+    """Worker ``rank``'s link to a ``ServerActor``: a local gradient buffer, one round trip per update."""
+
+    def __init__(self, server, rank: int, n_params: int, device: torch.device):
+        self.server, self.rank = server, rank
+        self.grad = torch.zeros(n_params, device=device)
+        self.next: tuple[int, list] | None = None  # what the last push returned: the version to pull
+
+    def pull(self, out: torch.Tensor) -> int:
+        import ray
+
+        version, (ref,) = self.next or ray.get(self.server.pull.remote())
+        self.next = None
+        out.copy_(ray.get(ref))
+        return version
+
+    def push(self, version: int, n_images: int, stats: dict) -> bool:
+        import ray
+
+        grad = self.grad.cpu() if self.grad.is_cuda else self.grad  # serialised at the call: reuse is safe
+        go_on, latest, refs = ray.get(self.server.push.remote(self.rank, grad, version, n_images, stats))
+        self.next = (latest, refs)
+        return go_on
+
+
+class WorkerActor:
+    """One worker; ``where()`` says which node it was placed on, ``run(...)`` trains until stop."""
+
+    def __init__(self, rank: int, log_dir: str, threads: int):
+        set_threads(threads)
+        self.rank = rank
+        self.logger = actor_logger(f"worker{rank}", log_dir)
+        self.logger.info("started")
+
+    def where(self) -> dict:
+        import ray
+
+        return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
+
+    def run(self, cfg_dict: dict, store_path: str, image_channels: int, device_str: str, seed: int, server) -> int:
+        try:
+            pushed = run_worker(self.logger, self.rank, cfg_dict, store_path, image_channels, device_str, seed,
+                                lambda n_params, device: RayLink(server, self.rank, n_params, device))
+        except BaseException:
+            self.logger.error("failed:\n%s", traceback.format_exc())
+            raise
+        self.logger.info("finished")
+        return pushed
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a Ray error: the worker's own exception where Ray carries it."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0] if text else ''}"[:300]
+
+
+class RayLauncher(Launcher):
+    """The supervisor of a run on Ray: a local instance, or a running cluster at ``--ray-address``."""
+
+    def start(self) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        cfg, n = self.cfg, self.args.workers
+        threads = max(1, cfg.train.threads_per_worker)
+        env = {k: v for k, v in os.environ.items() if k.startswith("PIXELDRL_")}
+        runtime_env = {"py_modules": [str(ROOT / p) for p in PACKAGES], "env_vars": env}
+        self.namespace = f"pixeldrl-{uuid.uuid4().hex[:12]}"
+        init = {"namespace": self.namespace, "runtime_env": runtime_env, "log_to_driver": False,
+                "logging_level": logging.WARNING, "configure_logging": True}
+        address = self.args.ray_address
+        try:
+            if address:
+                ray.init(address=address, **init)
+            else:  # a new instance, as many CPUs as the workers ask for (the local transport's oversubscription)
+                ray.init(address="local", num_cpus=max(os.cpu_count() or 1, n * threads), include_dashboard=False,
+                         **init)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
+            raise RunError(f"could not {where}: {error_line(exc)}") from None
+        self.ray = ray
+        self.worker_options = {"num_cpus": threads, "scheduling_strategy": "SPREAD"}
+        if self.device.type == "cuda":
+            gpus = ray.cluster_resources().get("GPU", 0)
+            if gpus <= 0:
+                raise RunError("--device cuda: the Ray cluster has no GPU")
+            self.worker_options["num_gpus"] = min(1.0, gpus / n)
+        here = ray.get_runtime_context().get_node_id()
+        c, h, w = self.store.image_shape
+        size = [cfg.data.image_size] * 2 if cfg.data.image_size else [h, w]
+        n_train = len(self.store.indices(cfg.data.train_split))
+        self.server = ray.remote(ServerActor).options(
+            name="server", num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
+            self.log_dir, threads, cfg.to_dict(), c, size, n_train, str(self.run), self.resume,
+            preprocess_info(self.store))
+        self.shared = SharedState.counters_only()
+        try:
+            self.copy_status(ray.get(self.server.status.remote(), timeout=STARTUP_TIMEOUT_S))
+        except ray.exceptions.GetTimeoutError:
+            raise RunError(f"the parameter server did not start within {STARTUP_TIMEOUT_S:.0f} s "
+                           f"(see {self.log_dir}/server.log)") from None
+        except ray.exceptions.RayError as exc:
+            raise RunError(f"the parameter server failed to start: {error_line(exc)}") from None
+        self.actors, self.wheres, self.runs, self.places = {}, {}, {}, {}
+        for rank in range(n):
+            self.start_worker(rank)
+        try:
+            for rank, ref in self.wheres.items():
+                self.places[rank] = ray.get(ref, timeout=STARTUP_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise RunError(f"Ray could not place {n} workers of {self.worker_options.get('num_cpus')} CPUs"
+                           f"{' and ' + str(self.worker_options['num_gpus']) + ' GPUs' if 'num_gpus' in self.worker_options else ''}"
+                           f" each within {STARTUP_TIMEOUT_S:.0f} s; the cluster has {ray.cluster_resources()}") from None
+        except ray.exceptions.RayError as exc:
+            raise RunError(f"a worker failed to start: {error_line(exc)}") from None
+        self.write_placement()
+        self.start_monitor()
+        self.started = True
+
+    def start_worker(self, rank: int) -> None:
+        ray = self.ray
+        gen = self.starts.get(rank, 0)
+        seed = self.next_seed(rank)
+        actor = ray.remote(WorkerActor).options(name=f"worker{rank}.{gen}", **self.worker_options).remote(
+            rank, self.log_dir, max(1, self.cfg.train.threads_per_worker))
+        self.actors[rank] = actor
+        self.wheres[rank] = actor.where.remote()  # before run: an actor's calls are served in order
+        self.runs[rank] = actor.run.remote(self.cfg.to_dict(), self.cfg.data.path, self.store.image_shape[0],
+                                           str(self.device), seed, self.server)
+
+    def write_placement(self) -> None:
+        """``RUN/ray.json``: the cluster, the namespace, and each worker's actor name and node."""
+        info = {"address": self.ray.get_runtime_context().gcs_address, "namespace": self.namespace,
+                "server_node": self.ray.get_runtime_context().get_node_id(),
+                "workers": {str(r): {"actor": f"worker{r}.{self.starts[r] - 1}", **self.places.get(r, {})}
+                            for r in sorted(self.actors)}}
+        write_json_atomic(info, self.run / "ray.json")
+
+    def copy_status(self, status: dict) -> None:
+        for k, v in status.items():
+            self.shared.set(k, v)
+
+    def refresh(self) -> None:
+        ray = self.ray
+        try:
+            self.copy_status(ray.get(self.server.status.remote(), timeout=STATUS_TIMEOUT_S))
+        except ray.exceptions.GetTimeoutError:
+            raise RunError(f"the parameter server did not answer within {STATUS_TIMEOUT_S:.0f} s") from None
+        except ray.exceptions.RayError as exc:
+            raise RunError(f"the parameter server died: {error_line(exc)}") from None
+
+    def check_children(self) -> None:
+        """Replace workers whose actor ended before the server said stop."""
+        ray = self.ray
+        self.check_monitor()
+        if self.shared.get("done"):
+            return
+        finished, _ = ray.wait(list(self.runs.values()), num_returns=len(self.runs), timeout=0)
+        for ref in finished:
+            rank = next(r for r, x in self.runs.items() if x == ref)
+            try:
+                ray.get(ref)
+                continue  # it was told to stop: the budget is spent
+            except ray.exceptions.ActorDiedError as exc:
+                why, error = "its Ray actor died", error_line(exc)
+            except ray.exceptions.RayError as exc:
+                why, error = "it raised", error_line(exc)
+            self.count_restart(rank, why, error)
+            self.ray.kill(self.actors[rank])
+            self.start_worker(rank)
+            try:
+                self.places[rank] = ray.get(self.wheres[rank], timeout=STARTUP_TIMEOUT_S)
+            except ray.exceptions.RayError:
+                self.places.pop(rank, None)
+            self.write_placement()
+
+    def wind_down(self, evaluate_last: bool) -> None:
+        ray = self.ray
+        if evaluate_last:
+            ray.wait(list(self.runs.values()), num_returns=len(self.runs), timeout=STOP_GRACE_S)
+        for actor in self.actors.values():
+            ray.kill(actor)
+        try:
+            ray.get(self.server.close.remote(), timeout=STOP_GRACE_S if evaluate_last else 2.0)
+        except ray.exceptions.RayError:
+            pass
+        self.end_monitor(evaluate_last)
+
+    def request_stop(self) -> None:
+        try:
+            self.copy_status(self.ray.get(self.server.stop.remote(), timeout=STOP_GRACE_S))
+        except self.ray.exceptions.RayError:
+            pass
+
+    def kill_all(self) -> None:
+        ray = getattr(self, "ray", None)
+        if self.monitor is not None and self.monitor.is_alive():
+            self.monitor.terminate()
+            self.monitor.join(1.0)
+        if ray is None:
+            return
+        for actor in [*getattr(self, "actors", {}).values(), self.server]:
+            if actor is not None:
+                try:
+                    ray.kill(actor)
+                except Exception:  # already gone
+                    pass
+        ray.shutdown()
