@@ -12,7 +12,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_origin, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -50,6 +50,10 @@ class EnvConfig:
     t_max: int = _f(10, "steps per episode, in training and at inference")
     mask_update: str = _f("multiply", "multiply: m(t+1) = m(t) * a(t) (\"do nothing\" keeps a zeroed pixel zero); replace: m(t+1) = a(t)")
     state: str = _f("masked", "masked: X(t) = I * m(t); stacked: channels [I, m(t)]")
+    kind: str = _f("mask", "mask: PixelDRL-MG's keep/zero agents; refine: PixelRL refinement of a coarse probability map "
+                   "(Fig. 5's baseline), the store's last image channel being that map")
+    deltas: list[float] = _f([1.0, -1.0, 0.4, -0.4, 0.2, -0.2, 0.1, -0.1],
+                      "refine: the actions, values added to a pixel's probability (clipped to [0, 1])")
 
 
 @dataclass
@@ -137,6 +141,7 @@ class Config:
 _CHOICES = {
     ("env", "mask_update"): ("replace", "multiply"),
     ("env", "state"): ("masked", "stacked"),
+    ("env", "kind"): ("mask", "refine"),
     ("loss", "bootstrap"): ("zero", "value"),
     ("train", "rollout"): ("onestep", "full"),
 }
@@ -169,9 +174,11 @@ def _coerce(section: str, name: str, value: Any, ftype: Any) -> Any:
             raise ConfigError(f"{where}: expected one of {', '.join(allowed)}, got {value!r}")
         return value
     if origin is list:
-        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"{where}: expected a list of integers, got {value!r}")
-        return list(value)
+        item = (get_args(ftype) or (int,))[0]
+        kinds = (int, float) if item is float else (int,)
+        if not isinstance(value, list) or not all(isinstance(v, kinds) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{where}: expected a list of {'numbers' if item is float else 'integers'}, got {value!r}")
+        return [item(v) for v in value]
     raise ConfigError(f"{where}: unsupported type {ftype!r}")
 
 
@@ -217,9 +224,9 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (``configs/default.yaml`` when None), then the overrides."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+def _apply_file(cfg: Config, path: Path, seen: tuple[Path, ...] = ()) -> Config:
+    """Apply the YAML file ``path`` to ``cfg``; a top-level ``base: FILE`` (relative to ``path``'s
+    folder) is applied first, so a config can hold only what it changes."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -228,7 +235,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    cfg = apply_dict(Config(), data, source=str(path))
+    if isinstance(data, dict) and "base" in data:
+        base = data.pop("base")
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
+        base_path = (path.parent / base).resolve()
+        if base_path in seen or base_path == path.resolve():
+            raise ConfigError(f"{path}: base {base} includes itself")
+        cfg = _apply_file(cfg, base_path, seen + (path.resolve(),))
+    return apply_dict(cfg, data, source=str(path))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (``configs/default.yaml`` when None, with its ``base`` first), then the overrides."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    cfg = _apply_file(Config(), path)
     if overrides:
         apply_dict(cfg, parse_overrides(overrides), source="command line")
     return cfg
@@ -250,6 +271,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.reward_kernel: expected an odd positive size, got {m.reward_kernel}")
     if cfg.env.t_max < 1:
         raise ConfigError("env.t_max must be at least 1")
+    if cfg.env.kind == "refine" and len(cfg.env.deltas) < 2:
+        raise ConfigError(f"env.deltas: expected at least two actions, got {cfg.env.deltas}")
     if not 0.0 <= cfg.loss.gamma <= 1.0:
         raise ConfigError("loss.gamma must lie in [0, 1]")
     if cfg.train.batch_size < 1 or cfg.eval.batch_size < 1:

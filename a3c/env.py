@@ -15,6 +15,12 @@ State given to the network (``env.state``):
   * ``stacked``  : channels [I, m(t)], which keeps the intensity of zeroed pixels.
 Reward, eq. 12 per pixel: r_i(t) = (m_i(t) - G_i)^2 - (m_i(t+1) - G_i)^2, i.e. +1 where the
 pixel became right, -1 where it became wrong, 0 otherwise.
+
+``env.kind = "refine"`` is the PixelRL baseline of the paper's Fig. 5 instead: the store's last
+image channel is a coarse probability map p(0) (a U-Net's, ``baselines.coarse``), the other
+channels are the image I; action k adds ``env.deltas[k]`` to a pixel's p (clipped to [0, 1]);
+the reward is the same squared-error decrease with p in place of m, and the segmentation is
+p(t_max) > 0.5. The state reads (I, p) as above.
 """
 from __future__ import annotations
 
@@ -43,6 +49,21 @@ def update_mask(mask: torch.Tensor, actions: torch.Tensor, mode: str) -> torch.T
     raise ValueError(f"unknown mask update {mode!r}")
 
 
+def refine_update(prob: torch.Tensor, actions: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+    """prob [B, 1, H, W] in [0, 1], actions [B, H, W] indices into deltas [A] -> clip(p + delta, 0, 1)."""
+    return (prob + deltas.to(prob.dtype)[actions].unsqueeze(1)).clamp(0.0, 1.0)
+
+
+def n_actions(cfg: EnvConfig) -> int:
+    """2 (zero, keep) for PixelDRL-MG's agents; one per delta for the refinement."""
+    return len(cfg.deltas) if cfg.kind == "refine" else 2
+
+
+def image_part(images: torch.Tensor, cfg: EnvConfig) -> torch.Tensor:
+    """The channels that are the image: all but the coarse map for ``refine``."""
+    return images[:, :-1] if cfg.kind == "refine" else images
+
+
 def observe(images: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     """images [B, C, H, W], mask [B, 1, H, W] -> state [B, C, H, W] (masked) or [B, C+1, H, W] (stacked)."""
     if mode == "masked":
@@ -69,12 +90,18 @@ class PixelEnv:
     gt: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        self.mask = initial_mask(self.images)
-        self.t = 0
+        self.refine = self.cfg.kind == "refine"
+        if self.refine:
+            if self.images.shape[1] < 2:
+                raise ValueError("env.kind refine needs images with a coarse-map channel last (baselines.coarse)")
+            self.coarse = self.images[:, -1:].clamp(0.0, 1.0)
+            self.images = self.images[:, :-1]
+            self.deltas = torch.tensor(self.cfg.deltas, dtype=self.images.dtype, device=self.images.device)
+        self.reset()
 
     def reset(self) -> torch.Tensor:
-        """Back to m(0); returns the state s(0)."""
-        self.mask = initial_mask(self.images)
+        """Back to m(0) (ones, or the coarse map p(0) for ``refine``); returns the state s(0)."""
+        self.mask = self.coarse.clone() if self.refine else initial_mask(self.images)
         self.t = 0
         return self.state()
 
@@ -83,7 +110,10 @@ class PixelEnv:
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """actions [B, H, W] -> (s(t+1), reward [B, 1, H, W] or None without gt)."""
-        new_mask = update_mask(self.mask, actions, self.cfg.mask_update)
+        if self.refine:
+            new_mask = refine_update(self.mask, actions, self.deltas)
+        else:
+            new_mask = update_mask(self.mask, actions, self.cfg.mask_update)
         reward = pixel_reward(self.mask, new_mask, self.gt) if self.gt is not None else None
         self.mask = new_mask
         self.t += 1

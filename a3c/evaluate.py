@@ -118,7 +118,7 @@ def model_from_checkpoint(ckpt: dict | str, device: torch.device | str = "cpu") 
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
     cfg = config_from_dict(ckpt["config"])
-    model = build_model(cfg.model, int(ckpt["image_channels"]), cfg.env.state)
+    model = build_model(cfg.model, int(ckpt["image_channels"]), cfg.env)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

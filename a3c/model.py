@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from a3c.config import ConfigError, ModelConfig, TrainConfig, load_config
+from a3c.config import ConfigError, EnvConfig, ModelConfig, TrainConfig, load_config
+from a3c.env import n_actions
 
 VGG_BLOCKS = (2, 2, 3, 3)  # convolutions per block, conv1_x .. conv4_x
 
@@ -118,9 +119,10 @@ class RewardConv(nn.Module):
 
 
 class PixelDRLNet(nn.Module):
-    """forward: state [B, in_channels, H, W] -> (policy logits [B, 2, H, W], value [B, 1, H, W])."""
+    """forward: state [B, in_channels, H, W] -> (policy logits [B, A, H, W], value [B, 1, H, W]); A = 2 actions
+    for PixelDRL-MG (zero, keep), more for the refinement baseline."""
 
-    def __init__(self, cfg: ModelConfig, in_channels: int):
+    def __init__(self, cfg: ModelConfig, in_channels: int, actions: int = 2):
         super().__init__()
         self.in_channels = in_channels
         self.features = VGGFeatures(in_channels, cfg.width, cfg.dilation)
@@ -128,7 +130,7 @@ class PixelDRLNet(nn.Module):
         self.sam = SelfAttention(deep) if cfg.sam else nn.Identity()
         cat = sum(self.features.out_channels)
         dilations = list(cfg.head_dilations) if cfg.dilation else [1] * len(cfg.head_dilations)
-        self.policy = make_head(cat, cfg.head_channels, dilations, 2)
+        self.policy = make_head(cat, cfg.head_channels, dilations, actions)
         self.value = make_head(cat, cfg.head_channels, dilations, 1)
         self.reward_conv = RewardConv(cfg.reward_kernel)
 
@@ -179,8 +181,12 @@ def state_channels(image_channels: int, state: str) -> int:
     return image_channels + (1 if state == "stacked" else 0)
 
 
-def build_model(cfg: ModelConfig, image_channels: int, state: str = "masked") -> PixelDRLNet:
-    return PixelDRLNet(cfg, state_channels(image_channels, state))
+def build_model(cfg: ModelConfig, image_channels: int, env: EnvConfig | str = "masked") -> PixelDRLNet:
+    """The network for stores of ``image_channels`` channels and the agents of ``env`` (an
+    ``EnvConfig``, or only its ``state`` for PixelDRL-MG's agents)."""
+    env = env if isinstance(env, EnvConfig) else EnvConfig(state=env)
+    image = image_channels - 1 if env.kind == "refine" else image_channels  # less the coarse map
+    return PixelDRLNet(cfg, state_channels(image, env.state), n_actions(env))
 
 
 def count_params(model: nn.Module) -> int:
@@ -199,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     channels = args.in_channels or cfg.model.in_channels or 1
-    model = build_model(cfg.model, channels, cfg.env.state)
+    model = build_model(cfg.model, channels, cfg.env)
     parts = {name: count_params(getattr(model, name)) for name in ("features", "sam", "policy", "value", "reward_conv")}
     print(json.dumps({"params": count_params(model), "in_channels": model.in_channels, "parts": parts,
                       "sam": cfg.model.sam, "dilation": cfg.model.dilation}))

@@ -39,15 +39,24 @@ def forward(model: PixelDRLNet, state: Tensor, amp: bool = False) -> tuple[Tenso
 
 
 def sample_actions(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Sample a ~ softmax(logits) per pixel: logits [B, 2, H, W] -> actions [B, H, W] int64 (0/1)."""
-    p_keep = torch.sigmoid(logits[:, 1] - logits[:, 0])
-    u = torch.rand(p_keep.shape, generator=generator, device=logits.device, dtype=p_keep.dtype)
-    return (u < p_keep).long()
+    """Sample a ~ softmax(logits) per pixel: logits [B, A, H, W] -> actions [B, H, W] int64 in [0, A).
+
+    One uniform number per pixel drives the draw (inverse CDF), so ``generator`` fixes it.
+    """
+    if logits.shape[1] == 2:
+        p_keep = torch.sigmoid(logits[:, 1] - logits[:, 0])
+        u = torch.rand(p_keep.shape, generator=generator, device=logits.device, dtype=p_keep.dtype)
+        return (u < p_keep).long()
+    cdf = torch.softmax(logits.float(), dim=1).cumsum(dim=1)
+    u = torch.rand(cdf[:, :1].shape, generator=generator, device=logits.device, dtype=cdf.dtype)
+    return (cdf < u).sum(dim=1).clamp(max=logits.shape[1] - 1)
 
 
 def greedy_actions(logits: Tensor) -> Tensor:
-    """argmax action per pixel: [B, 2, H, W] -> [B, H, W] int64 (ties keep the pixel)."""
-    return (logits[:, 1] >= logits[:, 0]).long()
+    """argmax action per pixel: [B, A, H, W] -> [B, H, W] int64 (with two actions, ties keep the pixel)."""
+    if logits.shape[1] == 2:
+        return (logits[:, 1] >= logits[:, 0]).long()
+    return logits.argmax(dim=1)
 
 
 @torch.no_grad()
@@ -56,7 +65,8 @@ def greedy_episode(model: PixelDRLNet, images: Tensor, env_cfg: EnvConfig, t_max
     """Inference: from m(0) = ones, greedy actions for t_max steps.
 
     images [B, C, H, W] -> list of t_max masks m(1..t_max), each [B, H, W] bool; the last is the
-    segmentation. No threshold is involved: the mask is the action map.
+    segmentation. No threshold is involved: the mask is the action map (for ``env.kind``
+    refine, the masks are p(t) > 0.5).
     """
     env = PixelEnv(env_cfg, images)
     state = env.reset()

@@ -48,7 +48,7 @@ def flops_per_img_step(cfg, channels: int, size: int, device: str) -> float:
     from a3c.model import build_model
     from a3c.rollout import reference_update
 
-    model = build_model(cfg.model, channels, cfg.env.state).to(device)
+    model = build_model(cfg.model, channels, cfg.env).to(device)
     x = torch.rand(1, channels, size, size, device=device)
     g = (torch.rand(1, 1, size, size, device=device) > 0.7).float()
     with FlopCounterMode(display=False) as counter:
@@ -67,7 +67,7 @@ def batched(cfg, store_path: str, workers: int, updates: int, device: str) -> di
 
     torch.set_num_threads(workers)
     store = SliceStore(store_path)
-    model = tune_for_device(build_model(cfg.model, store.image_shape[0], cfg.env.state).to(device), device, cfg.train)
+    model = tune_for_device(build_model(cfg.model, store.image_shape[0], cfg.env).to(device), device, cfg.train)
     rng, gen = np.random.default_rng(0), torch.Generator(device=device).manual_seed(0)
     batch = workers * cfg.train.batch_size
     warm = max(2, updates // 5)

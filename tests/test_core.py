@@ -202,6 +202,19 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_config_base_file_is_applied_first(tmp_path):
+    (tmp_path / "a.yaml").write_text("env:\n  t_max: 7\ntrain:\n  batch_size: 3\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ntrain:\n  batch_size: 5\n")
+    cfg = load_config(tmp_path / "b.yaml", ["env.state=stacked"])
+    assert (cfg.env.t_max, cfg.train.batch_size, cfg.env.state) == (7, 5, "stacked")
+    (tmp_path / "loop.yaml").write_text("base: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(tmp_path / "loop.yaml")
+    lgg, paper = load_config("configs/lgg.yaml"), load_config("configs/paper.yaml")
+    assert lgg.model == paper.model and lgg.train == paper.train and lgg.env == paper.env
+
+
 def test_class_weights_balance_each_image():
     gt = torch.zeros(2, 1, 4, 4)
     gt[0, 0, 0, :1] = 1  # 1 of 16 pixels

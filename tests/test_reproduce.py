@@ -2,6 +2,7 @@
 import csv
 import json
 
+import h5py
 import pytest
 
 from a3c.metrics import METRIC_KEYS
@@ -81,6 +82,22 @@ def test_fig7_sweeps_t_max_and_plots(tiny_store, tmp_path):
     assert "env.t_max=1" in ckpt_cfgs[0] and "env.t_max=3" in ckpt_cfgs[1]
 
 
+def test_fig5_refines_the_baseline_masks_with_pixelrl_and_plots(tiny_store, tmp_path):
+    out = tmp_path / "f5"
+    res = reproduce(tiny_store, out, "fig5", "--coarse", "unet")
+    assert res.returncode == 0, res.stderr
+    lines = read_csv(out / "fig5.csv")
+    assert [r["row"] for r in lines] == ["U-Net", "PixelRL-U-Net", "PixelDRL-MG"]
+    assert (out / "fig5.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rl = json.loads((out / "cells" / lines[1]["id"] / "result.json").read_text())
+    coarse = out / "cells" / lines[1]["id"] / "coarse.h5"
+    assert coarse.exists() and f"--data {coarse}" in rl["command"] and "env.kind=refine" in rl["command"]
+    # the refinement started from the U-Net cell's own checkpoint
+    from_ckpt = json.loads(h5py.File(coarse, "r").attrs["coarse_from"])["checkpoint"]
+    assert from_ckpt == str((out / "cells" / lines[0]["id"] / "run" / "best.pt").resolve())
+    assert all(0.0 <= float(r["dice"]) <= 1.0 for r in lines)
+
+
 def test_a_failed_cell_names_its_log_and_exits_1(tiny_store, tmp_path):
     out = tmp_path / "bad"
     res = run_module(["tools/reproduce.py", "table3", "--data", str(tiny_store), "--out", str(out), *QUICK],
@@ -96,6 +113,7 @@ def test_a_failed_cell_names_its_log_and_exits_1(tiny_store, tmp_path):
     (["table2", "--baselines", "vnet"], "--baselines: unknown vnet"),
     (["fig7", "--t-max", "0,2"], "--t-max"),
     (["table6", "--folds", "5"], "--folds"),
+    (["fig5", "--coarse", "unet3plus"], "--coarse: unknown unet3plus"),
 ])
 def test_bad_input_is_one_line_exit_2(tiny_store, tmp_path, args, message):
     if "--data" not in args:

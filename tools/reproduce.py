@@ -2,7 +2,8 @@
 
     python tools/reproduce.py EXPERIMENT --data FILE.h5 [--config FILE] [--seeds 0,1,2] [--out DIR]
         [--budget F] [--workers N] [--device auto|cpu|cuda] [--baselines unet,attention_unet,unet_plus_plus]
-        [--baseline-epochs N] [--baseline-width W] [--t-max 1,2,...,12] [--folds 0,1,2,3,4] [--no-progress]
+        [--baseline-epochs N] [--baseline-width W] [--t-max 1,2,...,12] [--folds 0,1,2,3,4]
+        [--coarse unet,unet_plus_plus] [--no-progress]
 
 EXPERIMENT (one per paper table or figure):
 
@@ -13,6 +14,12 @@ EXPERIMENT (one per paper table or figure):
 * ``table6``: 5-fold cross-validation: each method on ``fold{k}/train``, tested on
   ``fold{k}/test``; model selection uses the training folds (every case is in some test fold, so
   no held-out validation set exists); mean and sd over folds and seeds.
+* ``fig5``: PixelDRL-MG against the PixelRL refinement of coarse masks: for each baseline in
+  ``--coarse`` (the paper: U-Net and U-Net3+; MONAI has no U-Net3+, so U-Net++ stands in), the
+  baseline is trained, its probability maps become the last image channel of a copy of the store
+  (``baselines.coarse``), and PixelRL-<baseline> is trained on that copy with ``env.kind=refine``
+  (actions add ``env.deltas``, default +-1.0, +-0.4, +-0.2, +-0.1, to the probability; the mask is
+  p > 0.5) and ``env.state=stacked``; a PNG bar chart of the overlap metrics per method.
 * ``fig7``: PixelDRL-MG trained with ``t_max`` in ``--t-max`` (default 1..12); a PNG plot of the
   test Dice against ``t_max``.
 
@@ -22,8 +29,8 @@ is there. A rerun skips finished cells and resumes a PixelDRL-MG cell from its l
 so an interrupted experiment continues where it stopped. ``--budget F`` multiplies every
 training budget (PixelDRL-MG's ``train.max_updates`` and ``train.epochs``, the baselines' epochs)
 by F for a quick check. At the end it writes ``OUT/EXPERIMENT.md`` (mean ± sd over seeds, and
-for table6 over folds too), ``OUT/EXPERIMENT.csv`` (one line per cell) and for fig7
-``OUT/fig7.png``. Every method is scored by the same code (``a3c.metrics`` through
+for table6 over folds too), ``OUT/EXPERIMENT.csv`` (one line per cell) and for fig5 and fig7
+``OUT/EXPERIMENT.png``. Every method is scored by the same code (``a3c.metrics`` through
 ``a3c.evaluate.score_batch``) on the same split of the same store.
 
 Exit status: 0 when every cell finished; 1 when a cell failed (its log is named, finished cells
@@ -53,12 +60,13 @@ from a3c.config import ConfigError, load_config  # noqa: E402
 from a3c.fileio import write_atomic, write_bytes_atomic, write_json_atomic  # noqa: E402
 from a3c.metrics import METRIC_KEYS, TABLE_HEADER  # noqa: E402
 
-EXPERIMENTS = ("table2", "table3", "table4", "table6", "fig7")
+EXPERIMENTS = ("table2", "table3", "table4", "table6", "fig5", "fig7")
 PIXELDRL = "PixelDRL-MG"
 BASELINE_NAMES = {"unet": "U-Net", "attention_unet": "Attention U-Net", "unet_plus_plus": "U-Net++",
                   "basic_unet": "Basic U-Net", "segresnet": "SegResNet"}
 ABLATION = (("PA3C", False, False), ("PA3C+SAM", True, False), ("PA3C+DC", False, True), (PIXELDRL, True, True))
 SUBSETS = (("50 slices", "train_50"), ("100 slices", "train_100"), ("all training slices", "train"))
+REFINE = ("env.kind=refine", "env.state=stacked")  # the PixelRL baseline of Fig. 5
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,12 @@ def plan(args) -> list[Cell]:
             for k in args.folds:
                 cells += methods("5-fold CV", seed, train=f"fold{k}/train", val=f"fold{k}/train", test=f"fold{k}/test",
                                  fold=k)
+        elif args.experiment == "fig5":
+            for b in [b for b in args.coarse.split(",") if b]:
+                base = Cell("coarse masks", BASELINE_NAMES.get(b, b), b, seed)
+                cells += [base, Cell("coarse masks", f"PixelRL-{base.row}", "pixelrl", seed, REFINE,
+                                     extra={"coarse": b, "coarse_cell": base.id})]
+            cells.append(Cell("coarse masks", PIXELDRL, "pixeldrl", seed))
         elif args.experiment == "fig7":
             cells += [Cell(f"t_max={t}", PIXELDRL, "pixeldrl", seed, (f"env.t_max={t}",), extra={"t_max": t})
                       for t in args.t_max]
@@ -127,16 +141,18 @@ def scaled_budget(cfg, budget: float) -> list[str]:
     return out
 
 
-def command(cell: Cell, args, run: Path, resume: bool) -> list[str]:
+def command(cell: Cell, args, run: Path, resume: bool, data: str | None = None) -> list[str]:
+    """The training command of ``cell``; ``data`` replaces ``--data`` (PixelRL's coarse-map store)."""
     py = [sys.executable]
-    if cell.method == "pixeldrl":
+    data = data or args.data
+    if cell.method in ("pixeldrl", "pixelrl"):
         if resume:
             return py + ["-m", "a3c.launch", "--workers", str(args.workers), "--run-dir", str(run), "--resume",
-                         "--data", args.data, "--device", args.device, "--no-progress"]
+                         "--data", data, "--device", args.device, "--no-progress"]
         overrides = [*cell.overrides, f"data.train_split={cell.train_split}", f"data.val_split={cell.val_split}",
                      f"data.test_split={cell.test_split}", f"train.seed={cell.seed}"]
         cfg = load_config(args.config, overrides)
-        return py + ["-m", "a3c.launch", "--workers", str(args.workers), "--data", args.data, "--run-dir", str(run),
+        return py + ["-m", "a3c.launch", "--workers", str(args.workers), "--data", data, "--run-dir", str(run),
                      "--device", args.device, "--no-progress", *(["--config", args.config] if args.config else []),
                      *overrides, *scaled_budget(cfg, args.budget)]
     size = load_config(args.config).data.image_size
@@ -153,20 +169,21 @@ def run_cell(cell: Cell, args, out: Path) -> dict:
     if result_path.exists():
         return json.loads(result_path.read_text())
     run = folder / "run"
-    resume = cell.method == "pixeldrl" and (run / "checkpoints" / "latest.pt").exists()
+    resume = cell.method in ("pixeldrl", "pixelrl") and (run / "checkpoints" / "latest.pt").exists()
     if run.exists() and not resume:
         shutil.rmtree(run)  # a start that wrote no checkpoint: nothing to keep
     folder.mkdir(parents=True, exist_ok=True)
-    cmd = command(cell, args, run, resume)
     log = folder / "train.log"
     t0 = time.monotonic()
-    with open(log, "a") as fh:
-        fh.write(f"$ {' '.join(cmd)}\n")
-        fh.flush()
-        res = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    if res.returncode != 0:
-        raise RuntimeError(f"cell {cell.id} failed (exit code {res.returncode}); see {log}")
+    data = None
+    if cell.method == "pixelrl":  # the coarse baseline's cell ran before this one (plan order)
+        data = str(folder / "coarse.h5")
+        if not Path(data).exists():
+            best = out / "cells" / cell.extra["coarse_cell"] / "run" / "best.pt"
+            logged(["-m", "baselines.coarse", "--ckpt", str(best), "--data", args.data, "--out", data,
+                    "--device", args.device, "--no-progress"], log, cell)
+    cmd = command(cell, args, run, resume, data)
+    logged(cmd[1:], log, cell)
     metrics = json.loads((run / "test_metrics.json").read_text())
     result = {"id": cell.id, "setting": cell.setting, "row": cell.row, "method": cell.method, "seed": cell.seed,
               "train_split": cell.train_split, "val_split": cell.val_split, "test_split": cell.test_split,
@@ -175,6 +192,18 @@ def run_cell(cell: Cell, args, out: Path) -> dict:
               "command": " ".join(cmd[1:])}
     write_json_atomic(result, result_path)
     return result
+
+
+def logged(args: list[str], log: Path, cell: Cell) -> None:
+    """Run ``python ARGS`` from the repository root, appending its output to ``log``; RuntimeError on failure."""
+    cmd = [sys.executable, *args]
+    with open(log, "a") as fh:
+        fh.write(f"$ {' '.join(cmd)}\n")
+        fh.flush()
+        res = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if res.returncode != 0:
+        raise RuntimeError(f"cell {cell.id} failed (exit code {res.returncode}); see {log}")
 
 
 def summarise(results: list[dict]) -> list[dict]:
@@ -235,6 +264,31 @@ def plot_fig7(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_fig5(rows: list[dict], path: Path) -> None:
+    """The overlap metrics (mean ± sd over seeds) of each method as grouped bars, written atomically as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in METRIC_KEYS if k != "hd95"]
+    names = dict(zip(METRIC_KEYS, TABLE_HEADER.split()))
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    width = 0.8 / max(1, len(rows))
+    for i, r in enumerate(rows):
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(keys))]
+        ax.bar(xs, [r["stats"][k][0] for k in keys], width, yerr=[r["stats"][k][1] for k in keys], capsize=2,
+               label=r["row"])
+    ax.set_xticks(range(len(keys)), [names[k] for k in keys])
+    ax.set_ylabel("test mean")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=min(3, len(rows)))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png"))
+    plt.close(fig)
+
+
 def int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -261,6 +315,8 @@ def parse_args(argv):
     ap.add_argument("--baseline-width", default="small", help="baseline channel width (default small: CPU-sized)")
     ap.add_argument("--t-max", type=int_list, default=list(range(1, 13)), help="fig7's t_max values (default 1..12)")
     ap.add_argument("--folds", type=int_list, default=[0, 1, 2, 3, 4], help="table6's folds (default all 5)")
+    ap.add_argument("--coarse", default="unet,unet_plus_plus",
+                    help="fig5's baselines whose masks PixelRL refines (default unet,unet_plus_plus)")
     ap.add_argument("--no-progress", action="store_true", help="print nothing but errors and the table")
     return ap.parse_args(argv)
 
@@ -282,9 +338,10 @@ def check(args) -> None:
         raise UsageError(one_line(exc)) from None
     from baselines.models import BASELINES
 
-    unknown = [b for b in args.baselines.split(",") if b and b not in BASELINES]
-    if unknown:
-        raise UsageError(f"--baselines: unknown {', '.join(unknown)}; known: {', '.join(BASELINES)}")
+    for flag, value in (("--baselines", args.baselines), ("--coarse", args.coarse)):
+        unknown = [b for b in value.split(",") if b and b not in BASELINES]
+        if unknown:
+            raise UsageError(f"{flag}: unknown {', '.join(unknown)}; known: {', '.join(BASELINES)}")
     if any(t < 1 for t in args.t_max):
         raise UsageError("--t-max: every value must be at least 1")
     if any(not 0 <= k < 5 for k in args.folds):
@@ -326,10 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(args.experiment, rows, args)
     write_bytes_atomic(out / f"{args.experiment}.md", table.encode())
     write_bytes_atomic(out / f"{args.experiment}.csv", csv_text(results).encode())
-    if args.experiment == "fig7":
-        plot_fig7(rows, out / "fig7.png")
+    plots = {"fig5": plot_fig5, "fig7": plot_fig7}
+    if args.experiment in plots:
+        plots[args.experiment](rows, out / f"{args.experiment}.png")
     print(table)
-    say(f"wrote {out / (args.experiment + '.md')} and .csv" + (" and fig7.png" if args.experiment == "fig7" else ""))
+    say(f"wrote {out / (args.experiment + '.md')} and .csv"
+        + (f" and {args.experiment}.png" if args.experiment in plots else ""))
     return 0
 
 

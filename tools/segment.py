@@ -475,6 +475,9 @@ def load_model(path: str, device):
         raise UsageError(f"{path}: bad stored config ({one_line(exc)})") from None
     except (KeyError, ValueError, TypeError, RuntimeError, AssertionError) as exc:
         raise UsageError(f"{path}: cannot rebuild the model ({type(exc).__name__}: {one_line(exc)})") from None
+    if cfg.env.kind != "mask":
+        raise UsageError(f"{path}: a PixelRL refinement checkpoint (env.kind {cfg.env.kind}, Fig. 5's baseline) needs "
+                         "a coarse map per image; segment takes PixelDRL-MG checkpoints")
     prep, warnings = preprocess_from_checkpoint(ckpt, cfg, str(path))
     return model, cfg, prep, warnings
 

@@ -91,7 +91,7 @@ class ParamServer:
         self.run = Path(run_dir)
         self.before_write, self.after_write = before_write, after_write
         torch.manual_seed(self.cfg.train.seed)
-        self.model = build_model(self.cfg.model, image_channels, self.cfg.env.state).to(device)
+        self.model = build_model(self.cfg.model, image_channels, self.cfg.env).to(device)
         self.theta = make_theta(numel(self.model))
         self.learner = Learner(self.model, self.theta, self.cfg.optim, n_train)
         if resume is not None:

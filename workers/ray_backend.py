@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import sys
 import traceback
@@ -72,8 +73,12 @@ class ServerActor:
         set_threads(threads)
         self.logger = actor_logger("server", log_dir)
         self.logger.info("started")
-        self.server = ParamServer(self.logger, cfg_dict, image_channels, image_size, n_train, run_dir,
-                                  torch.device("cpu"), resume, preprocess, lambda n: torch.zeros(n))
+        try:
+            self.server = ParamServer(self.logger, cfg_dict, image_channels, image_size, n_train, run_dir,
+                                      torch.device("cpu"), resume, preprocess, lambda n: torch.zeros(n))
+        except BaseException:
+            self.logger.error("failed:\n%s", traceback.format_exc())
+            raise
         self.ref, self.ref_version = None, -1
 
     def latest(self) -> tuple[int, list]:
@@ -157,12 +162,15 @@ class WorkerActor:
 
 
 def error_line(exc: BaseException) -> str:
-    """One line for a Ray error: the worker's own exception where Ray carries it."""
+    """One line for a Ray error: the actor's own exception where Ray carries it (as its cause, or
+    as the last line of the traceback it quotes), else the error's first line."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
         exc = cause
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0] if text else ''}"[:300]
+    lines = [ln for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines() if ln.strip()]
+    quoted = [ln for ln in lines[1:] if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", ln)]
+    line = quoted[-1] if quoted else f"{exc.__class__.__name__}: {lines[0] if lines else ''}"
+    return line[:300]
 
 
 class RayLauncher(Launcher):

@@ -45,7 +45,7 @@ def run_worker(logger, rank: int, cfg_dict: dict, store_path: str, image_channel
     device = torch.device(device_str)
     torch.manual_seed(seed)
     store = SliceStore(store_path)
-    model = tune_for_device(build_model(cfg.model, image_channels, cfg.env.state).to(device), device, cfg.train)
+    model = tune_for_device(build_model(cfg.model, image_channels, cfg.env).to(device), device, cfg.train)
     link: Link = make_link(numel(model), device)
     local = torch.empty(numel(model), device=device)
     bind_to_flat(model, local)
