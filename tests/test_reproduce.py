@@ -98,6 +98,22 @@ def test_fig5_refines_the_baseline_masks_with_pixelrl_and_plots(tiny_store, tmp_
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in lines)
 
 
+def test_relative_paths_are_taken_from_the_callers_folder(tiny_store, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    shutil.copy(tiny_store, tmp_path / "s.h5")
+    shutil.copy(ROOT / "configs" / "smoke.yaml", tmp_path / "c.yaml")
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "reproduce.py"), "fig7", "--data", "s.h5", "--out", "o",
+                          "--config", "c.yaml", "--t-max", "2", *QUICK[2:]], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "o" / "fig7.csv").exists() and not (ROOT / "o").exists()
+
+
 def test_a_failed_cell_names_its_log_and_exits_1(tiny_store, tmp_path):
     out = tmp_path / "bad"
     res = run_module(["tools/reproduce.py", "table3", "--data", str(tiny_store), "--out", str(out), *QUICK],

@@ -350,6 +350,12 @@ def check(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # the trainings run from the repository root: paths given relative to here must not move
+    args.data = str(Path(args.data).resolve())
+    if args.config:
+        args.config = str(Path(args.config).resolve())
+    if args.out:
+        args.out = str(Path(args.out).resolve())
     try:
         check(args)
     except UsageError as exc:
