@@ -78,6 +78,17 @@ def test_ray_local_instance_trains_two_workers(tiny_store, tmp_path):
     assert {"losses/policy_loss", "charts/img_steps_per_s", "val/dice"} <= scalars
 
 
+@needs_ray
+def test_ray_worker_raising_repeatedly_stops_the_run_with_its_error(tiny_store, tmp_path):
+    run = tmp_path / "run"
+    res = run_module(ray_args(tiny_store, run, 2, "train.max_updates=1000", "train.max_worker_restarts=2"),
+                     env={"PIXELDRL_FAULT_RAISE": "1"}, timeout=240)
+    assert res.returncode == 1, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: workers failed 3 times") and "RuntimeError: injected fault in worker" in last
+    assert "injected fault" in (run / "logs" / "worker0.log").read_text()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
