@@ -142,7 +142,7 @@ def test_ray_cluster_places_workers_on_the_second_node(cluster, tiny_store, tmp_
 @needs_ray
 def test_ray_killed_worker_actor_is_replaced_and_run_completes(cluster, tiny_store, tmp_path):
     run = tmp_path / "run"
-    total = 500
+    total = 300
     proc = subprocess.Popen([sys.executable, *ray_args(tiny_store, run, 2, "--ray-address", cluster["address"],
                                                        f"train.max_updates={total}")],
                             cwd=ROOT, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
