@@ -32,25 +32,34 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def setup_logging(name: str, log_dir: Path) -> logging.Logger:
-    log_dir.mkdir(parents=True, exist_ok=True)
+def setup_logging(name: str, log_dir: Path | None) -> logging.Logger:
+    """Logger ``name`` writing to ``log_dir/<name>.log``, or to stderr when ``log_dir`` is None."""
     logger = logging.getLogger(name)
     logger.setLevel(logging.INFO)
     logger.handlers.clear()
-    handler = logging.FileHandler(log_dir / f"{name}.log")
+    if log_dir is None:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    else:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_dir / f"{name}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s pid=%(process)d %(levelname)s %(message)s"))
     logger.addHandler(handler)
     logger.propagate = False
     return logger
 
 
-def run_child(name: str, fn: Callable, log_dir: str, threads: int, *args) -> None:
-    die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def set_threads(threads: int) -> None:
+    """One process's CPU threads: OpenMP's (for libraries that start later) and torch's."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
     torch.set_num_threads(threads)
+
+
+def run_child(name: str, fn: Callable, log_dir: str, threads: int, *args) -> None:
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_threads(threads)
     logger = setup_logging(name, Path(log_dir))
     logger.info("started")
     try:

@@ -26,7 +26,6 @@ import logging
 import os
 import re
 import socket
-import sys
 import traceback
 import uuid
 from pathlib import Path
@@ -34,7 +33,7 @@ from pathlib import Path
 import torch
 
 from a3c.fileio import write_json_atomic
-from workers.common import setup_logging
+from workers.common import set_threads, setup_logging
 from workers.launcher import STARTUP_TIMEOUT_S, STOP_GRACE_S, Launcher, RunError, preprocess_info
 from workers.param_server import ParamServer
 from workers.shared import SharedState
@@ -50,19 +49,7 @@ def actor_logger(name: str, log_dir: str) -> logging.Logger:
     try:
         return setup_logging(name, Path(log_dir))
     except OSError:
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
-        logger.handlers.clear()
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s pid=%(process)d %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-        return logger
-
-
-def set_threads(threads: int) -> None:
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    torch.set_num_threads(threads)
+        return setup_logging(name, None)
 
 
 class ServerActor:
