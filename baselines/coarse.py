@@ -39,9 +39,11 @@ from datasets.store import SliceStore, StoreError
 
 
 @torch.no_grad()
-def coarse_maps(model: torch.nn.Module, images: np.ndarray, image_size: int, device: torch.device) -> np.ndarray:
-    """images float32 [B, C, H, W] -> the baseline's probabilities float32 [B, 1, H, W] at the stored size."""
-    x, _ = prepare_batch(images, np.zeros((images.shape[0],) + images.shape[2:], np.uint8), device, image_size)
+def coarse_maps(model: torch.nn.Module, images: np.ndarray, masks: np.ndarray, image_size: int,
+                device: torch.device) -> np.ndarray:
+    """images float32 [B, C, H, W] (masks [B, H, W], unused) -> the baseline's probabilities float32
+    [B, 1, H, W] at the stored size."""
+    x, _ = prepare_batch(images, masks, device, image_size)
     prob = torch.sigmoid(model(x).float())
     if prob.shape[-2:] != images.shape[-2:]:
         prob = F.interpolate(prob, size=images.shape[-2:], mode="bilinear", align_corners=False)
@@ -90,8 +92,9 @@ def write_coarse_store(ckpt_path: str | Path, data: str | Path, out: str | Path,
             bar = tqdm(total=store.n, unit="slice", desc="coarse maps", file=sys.stderr, disable=not progress)
             for start in range(0, store.n, batch):
                 idx = np.arange(start, min(store.n, start + batch))
-                imgs, _ = store.read(idx)
-                images[start:start + len(idx)] = np.concatenate([imgs, coarse_maps(model, imgs, image_size, dev)], axis=1)
+                imgs, masks = store.read(idx)
+                probs = coarse_maps(model, imgs, masks, image_size, dev)
+                images[start:start + len(idx)] = np.concatenate([imgs, probs], axis=1)
                 bar.update(len(idx))
             bar.close()
         os.replace(tmp, out)
