@@ -59,11 +59,6 @@ def n_actions(cfg: EnvConfig) -> int:
     return len(cfg.deltas) if cfg.kind == "refine" else 2
 
 
-def image_part(images: torch.Tensor, cfg: EnvConfig) -> torch.Tensor:
-    """The channels that are the image: all but the coarse map for ``refine``."""
-    return images[:, :-1] if cfg.kind == "refine" else images
-
-
 def observe(images: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     """images [B, C, H, W], mask [B, 1, H, W] -> state [B, C, H, W] (masked) or [B, C+1, H, W] (stacked)."""
     if mode == "masked":

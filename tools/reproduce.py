@@ -67,6 +67,7 @@ BASELINE_NAMES = {"unet": "U-Net", "attention_unet": "Attention U-Net", "unet_pl
 ABLATION = (("PA3C", False, False), ("PA3C+SAM", True, False), ("PA3C+DC", False, True), (PIXELDRL, True, True))
 SUBSETS = (("50 slices", "train_50"), ("100 slices", "train_100"), ("all training slices", "train"))
 REFINE = ("env.kind=refine", "env.state=stacked")  # the PixelRL baseline of Fig. 5
+RL_METHODS = ("pixeldrl", "pixelrl")  # trained by a3c.launch (resumable); the rest by baselines.train
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def command(cell: Cell, args, run: Path, resume: bool, data: str | None = None) 
     """The training command of ``cell``; ``data`` replaces ``--data`` (PixelRL's coarse-map store)."""
     py = [sys.executable]
     data = data or args.data
-    if cell.method in ("pixeldrl", "pixelrl"):
+    if cell.method in RL_METHODS:
         if resume:
             return py + ["-m", "a3c.launch", "--workers", str(args.workers), "--run-dir", str(run), "--resume",
                          "--data", data, "--device", args.device, "--no-progress"]
@@ -169,7 +170,7 @@ def run_cell(cell: Cell, args, out: Path) -> dict:
     if result_path.exists():
         return json.loads(result_path.read_text())
     run = folder / "run"
-    resume = cell.method in ("pixeldrl", "pixelrl") and (run / "checkpoints" / "latest.pt").exists()
+    resume = cell.method in RL_METHODS and (run / "checkpoints" / "latest.pt").exists()
     if run.exists() and not resume:
         shutil.rmtree(run)  # a start that wrote no checkpoint: nothing to keep
     folder.mkdir(parents=True, exist_ok=True)

@@ -117,7 +117,7 @@ class RayLink:
     def push(self, version: int, n_images: int, stats: dict) -> bool:
         import ray
 
-        grad = self.grad.cpu() if self.grad.is_cuda else self.grad  # serialised at the call: reuse is safe
+        grad = self.grad.cpu()  # the same tensor on the CPU; serialised at the call, so reuse is safe
         go_on, latest, refs = ray.get(self.server.push.remote(self.rank, grad, version, n_images, stats))
         self.next = (latest, refs)
         return go_on
