@@ -1,5 +1,7 @@
 """The optimiser side of PA3C: Adam on the shared parameters, the paper's step LR, gradient checks.
 
+Adam is ``a3c.adam.FlatAdam``, one update of the whole flat vector ``theta``.
+
 ``Learner`` is what the parameter server runs for every pushed gradient; it is a plain object so
 that tests can drive it in one process. The LR is a pure function of the epoch (training slices
 seen / training-set size): ``lr * lr_decay ** floor(epoch / lr_step_epochs)`` (paper: 1e-3, x0.9
@@ -12,6 +14,7 @@ import math
 
 import torch
 
+from a3c.adam import FlatAdam
 from a3c.config import OptimConfig
 from a3c.model import PixelDRLNet, tune_for_device
 from a3c.params import bind_grads, bind_to_flat
@@ -35,7 +38,7 @@ class Learner:
         self.theta = theta
         self.grad = torch.zeros_like(theta)
         bind_grads(model, self.grad)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.optimizer = FlatAdam(theta, [p.shape for p in model.parameters()], lr=cfg.lr, eps=cfg.adam_eps)
         self.updates = 0
         self.images = 0
         self.rejected = 0
@@ -58,11 +61,9 @@ class Learner:
         if self.cfg.grad_clip > 0:
             norm = torch.linalg.vector_norm(self.grad)
             self.grad.mul_(torch.clamp(self.cfg.grad_clip / (norm + 1e-6), max=1.0))
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
         if before_write:
             before_write()
-        self.optimizer.step()
+        self.optimizer.step(self.grad, self.lr)
         if after_write:
             after_write()
         self.updates += 1

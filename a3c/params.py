@@ -1,7 +1,7 @@
 """A model's parameters as one flat float32 vector: the unit the parameter server shares.
 
 The server binds its model's parameters to views of the shared master vector ``theta`` [P], so
-a plain ``torch.optim.Adam`` step updates the shared copy in place; workers copy ``theta`` into
+the optimiser (``a3c.adam.FlatAdam``) updates the shared copy in place; workers copy ``theta`` into
 a model bound to a local flat vector, and their parameters' ``.grad`` are views of a slot [P]
 (``bind_grads``).
 The order is ``model.parameters()`` order, identical in every process for the same config.
@@ -36,7 +36,7 @@ def bind_to_flat(model: nn.Module, flat: torch.Tensor) -> None:
 
 
 def bind_grads(model: nn.Module, flat_grad: torch.Tensor) -> None:
-    """Make every parameter's ``.grad`` a view of ``flat_grad`` [P] (for the server's optimizer)."""
+    """Make every parameter's ``.grad`` a view of ``flat_grad`` [P]: backward accumulates straight into it."""
     offset = 0
     for p in model.parameters():
         n = p.numel()
