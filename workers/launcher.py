@@ -27,6 +27,7 @@ from datasets.store import SliceStore
 from workers.common import run_child
 from workers.monitor import watch
 from workers.param_server import serve
+from workers.shared import SharedState
 from workers.worker import work
 
 STARTUP_TIMEOUT_S = 120.0
@@ -68,22 +69,28 @@ class Launcher:
         return p
 
     def start(self) -> None:
+        """Server, workers and monitor start at once (their imports and set-up overlap); a worker
+        waits for the server's shared state on its pipe, the monitor for the first checkpoint."""
         n = self.args.workers
         cfg = self.cfg
         pipes = {r: self.ctx.Pipe(duplex=True) for r in range(n)}
         self.ctrl, server_ctrl = self.ctx.Pipe(duplex=True)
         init_q = self.ctx.Queue()
+        self.shared = SharedState.counters_only()
         c, h, w = self.store.image_shape
         size = [cfg.data.image_size] * 2 if cfg.data.image_size else [h, w]
         n_train = len(self.store.indices(cfg.data.train_split))
         self.server = self._spawn("server", serve, max(1, cfg.train.threads_per_worker), cfg.to_dict(), c, size,
                                   n_train, str(self.run), str(self.device), n, {r: p[0] for r, p in pipes.items()},
-                                  server_ctrl, init_q, self.resume, preprocess_info(self.store))
+                                  server_ctrl, init_q, self.resume, preprocess_info(self.store), self.shared)
         server_ctrl.close()
+        for r, (_, wrk_end) in pipes.items():
+            self._start_worker(r, wrk_end)
+        self.start_monitor()
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
             try:
-                _, self.shared = init_q.get(timeout=0.5)
+                init_q.get(timeout=0.5)
                 break
             except queue.Empty:
                 if not self.server.is_alive():
@@ -91,10 +98,8 @@ class Launcher:
                 if time.monotonic() > deadline:
                     raise RunError("the parameter server did not start within "
                                    f"{STARTUP_TIMEOUT_S:.0f} s (see {self.log_dir}/server.log)")
-        for r, (srv_end, wrk_end) in pipes.items():
+        for srv_end, _ in pipes.values():
             srv_end.close()
-            self._start_worker(r, wrk_end)
-        self.start_monitor()
         self.started = True
 
     def start_monitor(self) -> None:
@@ -193,6 +198,8 @@ class Launcher:
         finish; after an interrupt their in-flight gradients are useless, so they are terminated
         at once and every wait is short (all children gone within about 8 s).
         """
+        if evaluate_last:  # the final checkpoint is on disk: the monitor's last look overlaps the shutdown
+            self.finish.set()
         grace = STOP_GRACE_S if evaluate_last else 0.0
         deadline = time.monotonic() + grace
         for p in self.workers.values():

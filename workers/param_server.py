@@ -8,8 +8,8 @@ stop request. ``serve`` is the local (``torch.multiprocessing``) transport aroun
 tensors (``workers.shared``) and one pipe per worker; the Ray transport is in
 ``workers.ray_backend``.
 
-``serve`` hands the counters to the launcher and the whole state to each worker over its pipe,
-then waits on every worker's pipe and answers each push with ``"ok"`` (or ``"stop"`` once the
+``serve`` writes the counters the launcher made, sends the whole state to each worker over its
+pipe, then waits on every worker's pipe and answers each push with ``"ok"`` (or ``"stop"`` once the
 budget is spent). Control messages from the launcher: ``("add_worker", rank, conn)``,
 ``("stop",)``, ``("exit",)``.
 """
@@ -160,13 +160,17 @@ class ParamServer:
 
 
 def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train: int, run_dir: str,
-          device_str: str, slots: int, conns: dict, ctrl, init_q, resume: dict | None, preprocess: dict) -> None:
-    """The local transport: shared tensors, a pipe per worker, a control pipe from the launcher."""
+          device_str: str, slots: int, conns: dict, ctrl, init_q, resume: dict | None, preprocess: dict,
+          counters: SharedState) -> None:
+    """The local transport: shared tensors, a pipe per worker, a control pipe from the launcher.
+
+    ``counters`` are the launcher's ``seq`` and ``status``; ``init_q`` gets ``"ready"`` once the
+    workers have been sent the state."""
     device = torch.device(device_str)
     holder: dict[str, SharedState] = {}
 
     def make_theta(n_params: int) -> torch.Tensor:
-        holder["shared"] = SharedState.allocate(n_params, slots, device)
+        holder["shared"] = SharedState.allocate(n_params, slots, device, counters)
         return holder["shared"].theta
 
     server = ParamServer(logger, cfg_dict, image_channels, image_size, n_train, run_dir, device, resume, preprocess,
@@ -180,9 +184,9 @@ def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train
             shared.set(k, v)
 
     publish()
-    init_q.put(("ready", shared.for_observers()))
     for conn in conns.values():
         conn.send(("shared", shared))
+    init_q.put("ready")
     while True:
         ready = wait(list(conns.values()) + [ctrl], timeout=0.5)
         for conn in ready:

@@ -283,6 +283,7 @@ class RayLauncher(Launcher):
     def wind_down(self, evaluate_last: bool) -> None:
         ray = self.ray
         if evaluate_last:
+            self.finish.set()  # as in the local launcher: the last evaluation overlaps the shutdown
             ray.wait(list(self.runs.values()), num_returns=len(self.runs), timeout=STOP_GRACE_S)
         for actor in self.actors.values():
             ray.kill(actor)

@@ -6,10 +6,11 @@ seqlock for ``theta``: the server makes it odd while it writes and even after, s
 is consistent when ``seq`` is even and unchanged around it; no lock a dead worker could hold.
 ``status`` [len(STATUS)] float64 (CPU) carries counters for the launcher's progress bar.
 
-How they travel: the server sends the whole state to each worker over that worker's pipe, so a
-worker opens the CUDA tensors straight from the process that allocated them (PyTorch cannot
-pass on a CUDA tensor received from another process). The launcher and the monitor get only
-``for_observers()``: ``seq`` and ``status``, which are CPU shared memory.
+How they travel: the launcher allocates ``seq`` and ``status`` (CPU shared memory) and passes them
+to the server, the monitor and nobody else; the server allocates ``theta`` and ``grads`` and sends
+the whole state to each worker over that worker's pipe, so a worker opens the CUDA tensors
+straight from the process that allocated them (PyTorch cannot pass on a CUDA tensor received
+from another process).
 """
 from __future__ import annotations
 
@@ -33,27 +34,22 @@ class SharedState:
     status: torch.Tensor
 
     @classmethod
-    def allocate(cls, n_params: int, slots: int, device: torch.device) -> "SharedState":
+    def allocate(cls, n_params: int, slots: int, device: torch.device, counters: "SharedState") -> "SharedState":
+        """``theta`` and ``grads`` on ``device`` beside ``counters``' ``seq`` and ``status`` (made by the launcher)."""
         theta = torch.zeros(n_params, dtype=torch.float32, device=device)
         grads = torch.zeros(slots, n_params, dtype=torch.float32, device=device)
-        seq = torch.zeros(1, dtype=torch.int64)
-        status = torch.zeros(len(STATUS), dtype=torch.float64)
         if device.type == "cpu":
             theta.share_memory_()
             grads.share_memory_()
-        seq.share_memory_()
-        status.share_memory_()
-        return cls(theta, grads, seq, status)
+        return cls(theta, grads, counters.seq, counters.status)
 
     @classmethod
     def counters_only(cls) -> "SharedState":
-        """``seq`` and ``status`` alone, in CPU shared memory: the launcher's copy where the server is remote."""
+        """``seq`` and ``status`` alone, in CPU shared memory: made by the launcher, which hands them to
+        the local server (and so can start the monitor before the server is up) or, where the server
+        is remote (Ray), keeps them as its copy."""
         seq = torch.zeros(1, dtype=torch.int64).share_memory_()
         return cls(None, None, seq, torch.zeros(len(STATUS), dtype=torch.float64).share_memory_())
-
-    def for_observers(self) -> "SharedState":
-        """The counters alone (no ``theta``, no ``grads``): what the launcher and the monitor hold."""
-        return SharedState(None, None, self.seq, self.status)
 
     def get(self, name: str) -> float:
         return float(self.status[status_index(name)])

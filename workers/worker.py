@@ -77,8 +77,14 @@ def run_worker(logger, rank: int, cfg_dict: dict, store_path: str, image_channel
 
 def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int, conn, device_str: str,
          seed: int) -> None:
-    """The local transport's worker process: the server's shared state arrives first on ``conn``."""
-    kind, shared = conn.recv()
-    assert kind == "shared" and isinstance(shared, SharedState), kind
-    run_worker(logger, rank, cfg_dict, store_path, image_channels, device_str, seed,
-               lambda n_params, device: PipeLink(shared, rank, conn))
+    """The local transport's worker process: the server's shared state arrives first on ``conn``,
+    waited for only once the model is built (the worker starts beside the server, not after it)."""
+
+    def make_link(n_params: int, device: torch.device) -> PipeLink:
+        kind, shared = conn.recv()
+        assert kind == "shared" and isinstance(shared, SharedState), kind
+        if shared.theta.numel() != n_params:
+            raise RuntimeError(f"the server's theta has {shared.theta.numel()} parameters, worker {rank}'s model {n_params}")
+        return PipeLink(shared, rank, conn)
+
+    run_worker(logger, rank, cfg_dict, store_path, image_channels, device_str, seed, make_link)
