@@ -16,7 +16,7 @@ import torch
 
 from a3c.adam import FlatAdam
 from a3c.config import OptimConfig
-from a3c.model import PixelDRLNet, tune_for_device
+from a3c.model import PixelDRLNet, tune_for_training
 from a3c.params import bind_grads, bind_to_flat
 
 
@@ -98,7 +98,7 @@ def train_single_process(model: PixelDRLNet, cfg, sample, n_train: int, updates:
     from a3c.params import numel
     from a3c.rollout import reference_update
 
-    tune_for_device(model.to(device), device, cfg.train)
+    tune_for_training(model.to(device), device, cfg.train)
     learner = Learner(model, torch.zeros(numel(model), device=device), cfg.optim, n_train)
     rng = np.random.default_rng(cfg.train.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)

@@ -176,6 +176,22 @@ def tune_for_device(model: nn.Module, device: torch.device | str, train: TrainCo
     return model
 
 
+def tune_for_training(model: nn.Module, device: torch.device | str, train: TrainConfig | None = None) -> nn.Module:
+    """``tune_for_device``, then, where ``train.compile``, ``torch.compile`` of the forward.
+
+    For processes that run many updates at one batch shape (workers, the single-process loops);
+    evaluation, with its changing batches and one model per checkpoint, stays eager. The
+    parameters stay graph inputs, so copying new values into the flat vector they view needs no
+    recompilation (a test checks the gradients against the eager model's).
+    """
+    train = train or TrainConfig()
+    tune_for_device(model, device, train)
+    if train.compile and not getattr(model, "_compiled", False):
+        model.compile()
+        model._compiled = True
+    return model
+
+
 def state_channels(image_channels: int, state: str) -> int:
     """Network input channels for a state reading: masked keeps C, stacked adds the mask."""
     return image_channels + (1 if state == "stacked" else 0)

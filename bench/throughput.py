@@ -61,13 +61,13 @@ def batched(cfg, store_path: str, workers: int, updates: int, device: str) -> di
     import numpy as np
 
     from a3c.batch import prepare_batch
-    from a3c.model import build_model, tune_for_device
+    from a3c.model import build_model, tune_for_training
     from a3c.rollout import reference_update
     from datasets.store import SliceStore
 
     torch.set_num_threads(workers)
     store = SliceStore(store_path)
-    model = tune_for_device(build_model(cfg.model, store.image_shape[0], cfg.env).to(device), device, cfg.train)
+    model = tune_for_training(build_model(cfg.model, store.image_shape[0], cfg.env).to(device), device, cfg.train)
     rng, gen = np.random.default_rng(0), torch.Generator(device=device).manual_seed(0)
     batch = workers * cfg.train.batch_size
     warm = max(2, updates // 5)

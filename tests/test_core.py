@@ -263,3 +263,33 @@ def test_limit_batches_cuts_the_last_batch_and_reads_no_further():
     assert [len(b[2]) for b in limit_batches(batches(), 5)] == [3, 2]
     assert [len(b[2]) for b in limit_batches(batches(), 0)] == [3, 3, 3]
     assert [len(b[2]) for b in limit_batches(batches(fail_after=2), 6)] == [3, 3]
+
+
+def test_compiled_training_model_gives_the_eager_gradients_after_a_parameter_update():
+    """train.compile: a worker's compiled net, bound to a flat vector that the server's new
+    parameters are copied into, computes the same gradients as the eager net (no stale weights)."""
+    from a3c.model import tune_for_training
+    from a3c.params import bind_grads, bind_to_flat, flatten, numel
+
+    cfg = smoke_cfg(train__rollout="full", env__t_max=2)  # one graph to compile (and its backward)
+    cfg.train.compile = True
+    torch.manual_seed(3)
+    eager = build_model(cfg.model, 1, cfg.env)
+    compiled = tune_for_training(build_model(cfg.model, 1, cfg.env), "cpu", cfg.train)
+    x = torch.rand(2, 1, 16, 16)
+    gt = (torch.rand(2, 1, 16, 16) > 0.6).float()
+    nets = {}
+    for name, model in (("eager", eager), ("compiled", compiled)):
+        flat, grad = torch.zeros(numel(model)), torch.zeros(numel(model))
+        bind_to_flat(model, flat)
+        bind_grads(model, grad)
+        nets[name] = (model, flat, grad)
+    start = flatten(eager)
+    for version in range(2):  # the second round runs on new parameters, as after a pull
+        theta = start + 0.05 * version * torch.randn(start.shape, generator=torch.Generator().manual_seed(version))
+        for model, flat, grad in nets.values():
+            flat.copy_(theta)
+            grad.zero_()
+            reference_update(model, x, gt, cfg, torch.Generator().manual_seed(11))
+        torch.testing.assert_close(nets["compiled"][2], nets["eager"][2], rtol=1e-4, atol=1e-6)
+    assert nets["compiled"][2].abs().sum() > 0

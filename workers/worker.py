@@ -20,7 +20,7 @@ import torch
 
 from a3c.batch import prepare_batch
 from a3c.config import config_from_dict
-from a3c.model import build_model, tune_for_device
+from a3c.model import build_model, tune_for_training
 from a3c.params import bind_grads, bind_to_flat, numel
 from a3c.rollout import reference_update
 from datasets.store import SliceStore
@@ -45,7 +45,7 @@ def run_worker(logger, rank: int, cfg_dict: dict, store_path: str, image_channel
     device = torch.device(device_str)
     torch.manual_seed(seed)
     store = SliceStore(store_path)
-    model = tune_for_device(build_model(cfg.model, image_channels, cfg.env).to(device), device, cfg.train)
+    model = tune_for_training(build_model(cfg.model, image_channels, cfg.env).to(device), device, cfg.train)
     link: Link = make_link(numel(model), device)
     local = torch.empty(numel(model), device=device)
     bind_to_flat(model, local)
