@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The GPU session's one prepared call: CUDA tests, then the throughput figures of docs/PERFORMANCE.md.
+# The GPU session's prepared calls: CUDA tests, then the throughput figures of docs/PERFORMANCE.md.
 #
-#   bash bench/gpu_check.sh            # on a CUDA machine; writes logs and JSON lines under $OUT
+#   PART=1 bash bench/gpu_check.sh     # CUDA tests, the 8-worker trainer, the batched reference (at most ~8 min)
+#   PART=2 bash bench/gpu_check.sh     # the 8-worker trainer under MPS, torch.compile, memory against t_max (~9 min)
 #
-# Every step has its own time limit, so one that hangs cannot eat the others' time. Environment:
-# OUT (results folder, default /tmp/gpu_check), DEVICE (cuda), CONFIG (configs/paper.yaml),
-# SIZE (256), UPDATES (async updates, default 120), PEAK (bf16 TFLOP/s for the MFU, default 790),
-# MPS=1 to repeat the 8-worker run under the CUDA Multi-Process Service where it can be started.
+# Every step has its own time limit, so one that hangs cannot eat the others' time; part 1 holds
+# what is still unknown first (the 8-worker trainer), part 2 the rest. Environment: OUT (results
+# folder, default /tmp/gpu_check), DEVICE (cuda), CONFIG (configs/paper.yaml), SIZE (256),
+# UPDATES (async updates, default 120), PEAK (bf16 TFLOP/s for the MFU, default 790), PART (1, 2
+# or all, default all).
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 DEVICE=${DEVICE:-cuda}
@@ -34,29 +36,37 @@ if [ "$DEVICE" = cuda ]; then
 fi
 $PY -c "import torch, h5py, yaml, skimage, tensorboard; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
-step tests_cuda 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
-
+PART=${PART:-all}
 B=($PY bench/throughput.py --config "$CONFIG" --size "$SIZE" --device "$DEVICE" --peak-tflops "$PEAK" --batch 2 --t-max 10)
-# memory against t_max in one-step mode, one process of batch 2
-step mem_tmax2 90 "${B[@]}" --modes batched --workers 1 --updates 6 --t-max 2
-step mem_tmax10 90 "${B[@]}" --modes batched --workers 1 --updates 6
-# the batched reference at the 8-worker batch (16): NCHW against channels-last
-step batched16_nchw 150 "${B[@]}" --modes batched --workers 8 --updates 64 train.channels_last=false
-step batched16_cl 150 "${B[@]}" --modes batched --workers 8 --updates 64
-# the trainer: 8 workers of batch 2, channels-last
-step async8 200 "${B[@]}" --modes async --workers 8 --updates "$UPDATES"
-if [ "${MPS:-0}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null; then
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
-  mkdir -p /tmp/mps_pipe /tmp/mps_log
-  if nvidia-cuda-mps-control -d; then
-    step async8_mps 200 "${B[@]}" --modes async --workers 8 --updates "$UPDATES"
-    echo quit | nvidia-cuda-mps-control
+A=(--keep-runs "$OUT/runs")  # the async runs' logs stay, even when a step is cut off
+if [ "$PART" = 1 ] || [ "$PART" = all ]; then
+  step tests_cuda 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
+  # the trainer: 8 workers of batch 2, channels-last; its logs show each worker's time to its first gradient
+  step async8 200 "${B[@]}" "${A[@]}" --modes async --workers 8 --updates "$UPDATES"
+  grep -h -E "first gradient|update (1|10|100) applied" "$OUT"/runs/async-w8/logs/*.log 2>/dev/null | sort | cut -c12-
+  # the batched reference at the 8-worker batch (16), channels-last
+  step batched16_cl 120 "${B[@]}" --modes batched --workers 8 --updates 64
+fi
+if [ "$PART" = 2 ] || [ "$PART" = all ]; then
+  if command -v nvidia-cuda-mps-control >/dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
+    mkdir -p /tmp/mps_pipe /tmp/mps_log
+    if nvidia-cuda-mps-control -d; then
+      mv "$OUT/runs/async-w8" "$OUT/runs/async-w8-nomps" 2>/dev/null
+      step async8_mps 200 "${B[@]}" "${A[@]}" --modes async --workers 8 --updates "$UPDATES"
+      grep -h -E "first gradient|update (1|10|100) applied" "$OUT"/runs/async-w8/logs/*.log 2>/dev/null | sort | cut -c12-
+      echo quit | nvidia-cuda-mps-control
+    fi
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
   fi
-  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  step batched16_compile 200 "${B[@]}" --modes batched --workers 8 --updates 64 train.compile=true
+  # memory against t_max in one-step mode, one process of batch 2
+  step mem_tmax2 60 "${B[@]}" --modes batched --workers 1 --updates 6 --t-max 2
+  step mem_tmax10 60 "${B[@]}" --modes batched --workers 1 --updates 6
 fi
 
 # the JSON lines, one per measurement, tagged with the step that printed them
-for f in "$OUT"/mem_*.log "$OUT"/batched16_*.log "$OUT"/async8*.log; do
+for f in "$OUT"/async8*.log "$OUT"/batched16_*.log "$OUT"/mem_*.log; do
   [ -f "$f" ] || continue
   grep '^{' "$f" | sed "s/^{/{\"step\": \"$(basename "$f" .log)\", /" >>"$J"
 done

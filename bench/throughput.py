@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -92,7 +93,10 @@ def batched(cfg, store_path: str, workers: int, updates: int, device: str) -> di
 def run_async(args, store_path: str, workers: int, overrides: list[str]) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    with tempfile.TemporaryDirectory() as run:
+    with tempfile.TemporaryDirectory() as tmp:
+        run = str(Path(args.keep_runs) / f"async-w{workers}") if args.keep_runs else tmp
+        if args.keep_runs:
+            shutil.rmtree(run, ignore_errors=True)
         cmd = [sys.executable, "-m", "a3c.launch", "--workers", str(workers), "--data", store_path,
                "--run-dir", run, "--device", args.device, "--no-progress", "--backend", args.backend,
                f"train.max_updates={args.updates}", "train.checkpoint_interval_s=100000", *overrides]
@@ -137,6 +141,8 @@ def main() -> int:
     ap.add_argument("--rollout", default=None, choices=("onestep", "full"))
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (e.g. bf16 dense)")
     ap.add_argument("--backend", default="local", choices=("local", "ray"), help="the async trainer's transport")
+    ap.add_argument("--keep-runs", default=None, metavar="DIR",
+                    help="keep each async run's folder (logs, TensorBoard) as DIR/async-wN instead of deleting it")
     ap.add_argument("--_batched", nargs=2, metavar=("STORE", "WORKERS"), help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
