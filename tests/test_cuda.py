@@ -122,3 +122,20 @@ def test_flatten_is_unaffected_by_channels_last():
     before = flatten(model)
     use_channels_last(model)
     assert torch.equal(flatten(model), before)
+
+
+@needs_cuda
+def test_flat_adam_on_cuda_matches_the_cpu():
+    from a3c.adam import FlatAdam
+
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(1000, generator=gen)
+    grads = [torch.randn(1000, generator=gen) for _ in range(5)]
+    results = {}
+    for device in ("cpu", "cuda"):
+        t = theta.clone().to(device)
+        adam = FlatAdam(t, [torch.Size([10, 100])], lr=1e-3)
+        for g in grads:
+            adam.step(g.to(device), lr=1e-3)
+        results[device] = t.cpu()
+    torch.testing.assert_close(results["cuda"], results["cpu"], rtol=1e-5, atol=1e-6)
