@@ -79,7 +79,8 @@ class FlatAdam:
             raise ValueError(f"optimizer state is for {n} parameters, the model has {len(self.shapes)}")
         state = sd.get("state", {})
         if not state:  # saved before the first step
-            self.exp_avg.zero_(), self.exp_avg_sq.zero_()
+            self.exp_avg.zero_()
+            self.exp_avg_sq.zero_()
             self.steps = 0
             return
         entries = [state[i] for i in range(n)]
