@@ -5,7 +5,8 @@
 #   PART=2 bash bench/gpu_check.sh     # the 8-worker trainer under MPS, torch.compile, memory against t_max (~9 min)
 #
 # Every step has its own time limit, so one that hangs cannot eat the others' time; part 1 holds
-# what is still unknown first (the 8-worker trainer), part 2 the rest. Environment: OUT (results
+# what is still unknown first (the 8-worker trainer), part 2 the rest. An 8-worker run still going
+# after 150 s gets SIGUSR1, so each child's Python stacks land in its log and are printed. Environment: OUT (results
 # folder, default /tmp/gpu_check), DEVICE (cuda), CONFIG (configs/paper.yaml), SIZE (256),
 # UPDATES (async updates, default 120), PEAK (bf16 TFLOP/s for the MFU, default 790), PART (1, 2
 # or all, default all).
@@ -16,6 +17,7 @@ CONFIG=${CONFIG:-configs/paper.yaml}
 SIZE=${SIZE:-256}
 UPDATES=${UPDATES:-120}
 PEAK=${PEAK:-790}
+STACKS_AFTER=${STACKS_AFTER:-150}  # seconds into an 8-worker run before its children dump their stacks
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
@@ -31,6 +33,18 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a limit, log to $OUT/NAME.log
   tail -n 3 "$OUT/$name.log"
 }
 
+stacks_later() {  # stacks_later SECONDS: then SIGUSR1 to every spawned child still running, which writes
+  # its Python stacks into its log (workers.common); the caller kills $STACKS once its step is over
+  (sleep "$1"; pkill -USR1 -f "multiprocessing.spawn import spawn_main") &
+  STACKS=$!
+}
+show_run() {  # show_run DIR: the warm-up lines of an async run and the head of any stack dump
+  grep -h -E "first gradient|update (1|10|100) applied" "$1"/logs/*.log 2>/dev/null | sort | cut -c12-
+  for f in "$1"/logs/*.log; do
+    grep -q "most recent call first" "$f" 2>/dev/null && { echo "-- stacks of $(basename "$f" .log):"; grep -A14 "most recent call first" "$f" | grep -v site-packages/torch/nn | head -16; }
+  done
+}
+
 if [ "$DEVICE" = cuda ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 fi
@@ -42,8 +56,10 @@ A=(--keep-runs "$OUT/runs")  # the async runs' logs stay, even when a step is cu
 if [ "$PART" = 1 ] || [ "$PART" = all ]; then
   step tests_cuda 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
   # the trainer: 8 workers of batch 2, channels-last; its logs show each worker's time to its first gradient
+  stacks_later "$STACKS_AFTER"
   step async8 200 "${B[@]}" "${A[@]}" --modes async --workers 8 --updates "$UPDATES"
-  grep -h -E "first gradient|update (1|10|100) applied" "$OUT"/runs/async-w8/logs/*.log 2>/dev/null | sort | cut -c12-
+  kill "$STACKS" 2>/dev/null
+  show_run "$OUT/runs/async-w8"
   # the batched reference at the 8-worker batch (16), channels-last
   step batched16_cl 120 "${B[@]}" --modes batched --workers 8 --updates 64
 fi
@@ -53,8 +69,10 @@ if [ "$PART" = 2 ] || [ "$PART" = all ]; then
     mkdir -p /tmp/mps_pipe /tmp/mps_log
     if nvidia-cuda-mps-control -d; then
       mv "$OUT/runs/async-w8" "$OUT/runs/async-w8-nomps" 2>/dev/null
+      stacks_later "$STACKS_AFTER"
       step async8_mps 200 "${B[@]}" "${A[@]}" --modes async --workers 8 --updates "$UPDATES"
-      grep -h -E "first gradient|update (1|10|100) applied" "$OUT"/runs/async-w8/logs/*.log 2>/dev/null | sort | cut -c12-
+      kill "$STACKS" 2>/dev/null
+      show_run "$OUT/runs/async-w8"
       echo quit | nvidia-cuda-mps-control
     fi
     unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY

@@ -198,6 +198,11 @@ def test_ctrl_c_writes_checkpoint_and_leaves_nothing(tiny_store, tmp_path):
         wait_for(lambda: latest.exists() and updates_in(latest) > 0 and len(child_pids(run)) == 4,
                  what="a running trainer")
         pids = child_pids(run)
+        # SIGUSR1 makes a child write its Python stacks into its log (for finding where a run hangs)
+        os.kill(pids["worker0"], signal.SIGUSR1)
+        log0 = run / "logs" / "worker0.log"
+        wait_for(lambda: "most recent call first" in log0.read_text() and "worker.py" in log0.read_text(),
+                 timeout=10, what="worker 0's stack dump")
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         try:

@@ -2,7 +2,8 @@
 
 ``run_child(name, fn, log_dir, threads, *args)`` is the target of every spawned process:
 it dies with the launcher (``PR_SET_PDEATHSIG``), ignores SIGINT (the launcher turns Ctrl-C into
-an orderly stop), sets the torch thread count, logs to ``log_dir/<name>.log``, and on an
+an orderly stop), sets the torch thread count, logs to ``log_dir/<name>.log``, writes its Python
+stacks there on SIGUSR1, and on an
 exception logs the traceback, writes its last line to ``log_dir/<name>.err`` for the launcher's
 message, and re-raises (exit code 1). KeyboardInterrupt is a clean exit.
 """
@@ -56,11 +57,22 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def dump_stacks_on_sigusr1(logger: logging.Logger) -> None:
+    """``kill -USR1 PID`` writes this process's Python stacks (all threads) into its log file:
+    where a run hangs, this shows where each child is waiting."""
+    import faulthandler
+
+    stream = getattr(logger.handlers[0], "stream", None) if logger.handlers else None
+    if stream is not None:
+        faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)
+
+
 def run_child(name: str, fn: Callable, log_dir: str, threads: int, *args) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     set_threads(threads)
     logger = setup_logging(name, Path(log_dir))
+    dump_stacks_on_sigusr1(logger)
     logger.info("started")
     try:
         fn(logger, *args)
