@@ -6,10 +6,10 @@
 #
 # Every step has its own time limit, so one that hangs cannot eat the others' time; part 1 holds
 # what is still unknown first (the 8-worker trainer), part 2 the rest. An 8-worker run still going
-# after 150 s gets SIGUSR1, so each child's Python stacks land in its log and are printed. Environment: OUT (results
-# folder, default /tmp/gpu_check), DEVICE (cuda), CONFIG (configs/paper.yaml), SIZE (256),
-# UPDATES (async updates, default 120), PEAK (bf16 TFLOP/s for the MFU, default 790), PART (1, 2
-# or all, default all).
+# after STACKS_AFTER seconds gets SIGUSR1, so each child's Python stacks land in its log and are
+# printed. Environment: OUT (results folder, default /tmp/gpu_check), DEVICE (cuda), CONFIG
+# (configs/paper.yaml), SIZE (256), UPDATES (async updates, default 120), PEAK (bf16 TFLOP/s for
+# the MFU, default 790), STACKS_AFTER (150), PART (1, 2 or all, default all).
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 DEVICE=${DEVICE:-cuda}
@@ -33,14 +33,16 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a limit, log to $OUT/NAME.log
   tail -n 3 "$OUT/$name.log"
 }
 
-stacks_later() {  # stacks_later SECONDS: then SIGUSR1 to every spawned child still running, which writes
-  # its Python stacks into its log (workers.common); the caller kills $STACKS once its step is over
-  (sleep "$1"; pkill -USR1 -f "multiprocessing.spawn import spawn_main") &
-  STACKS=$!
-}
-show_run() {  # show_run DIR: the warm-up lines of an async run and the head of any stack dump
-  grep -h -E "first gradient|update (1|10|100) applied" "$1"/logs/*.log 2>/dev/null | sort | cut -c12-
-  for f in "$1"/logs/*.log; do
+async8() {  # async8 NAME: the 8-worker trainer (logs kept in $OUT/runs/async-w8); if it still runs after
+  # STACKS_AFTER s, its spawned children get SIGUSR1 and write their Python stacks into their logs
+  # (workers.common); then its warm-up lines and the head of any stack dump are printed
+  (sleep "$STACKS_AFTER"; pkill -USR1 -f "multiprocessing.spawn import spawn_main") &
+  local stacks=$!
+  step "$1" 200 "${B[@]}" --keep-runs "$OUT/runs" --modes async --workers 8 --updates "$UPDATES"
+  kill "$stacks" 2>/dev/null
+  local run="$OUT/runs/async-w8"
+  grep -h -E "first gradient|update (1|10|100) applied" "$run"/logs/*.log 2>/dev/null | sort | cut -c12-
+  for f in "$run"/logs/*.log; do
     grep -q "most recent call first" "$f" 2>/dev/null && { echo "-- stacks of $(basename "$f" .log):"; grep -A14 "most recent call first" "$f" | grep -v site-packages/torch/nn | head -16; }
   done
 }
@@ -52,14 +54,10 @@ $PY -c "import torch, h5py, yaml, skimage, tensorboard; print('torch', torch.__v
 
 PART=${PART:-all}
 B=($PY bench/throughput.py --config "$CONFIG" --size "$SIZE" --device "$DEVICE" --peak-tflops "$PEAK" --batch 2 --t-max 10)
-A=(--keep-runs "$OUT/runs")  # the async runs' logs stay, even when a step is cut off
 if [ "$PART" = 1 ] || [ "$PART" = all ]; then
   step tests_cuda 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
   # the trainer: 8 workers of batch 2, channels-last; its logs show each worker's time to its first gradient
-  stacks_later "$STACKS_AFTER"
-  step async8 200 "${B[@]}" "${A[@]}" --modes async --workers 8 --updates "$UPDATES"
-  kill "$STACKS" 2>/dev/null
-  show_run "$OUT/runs/async-w8"
+  async8 async8
   # the batched reference at the 8-worker batch (16), channels-last
   step batched16_cl 120 "${B[@]}" --modes batched --workers 8 --updates 64
 fi
@@ -69,10 +67,7 @@ if [ "$PART" = 2 ] || [ "$PART" = all ]; then
     mkdir -p /tmp/mps_pipe /tmp/mps_log
     if nvidia-cuda-mps-control -d; then
       mv "$OUT/runs/async-w8" "$OUT/runs/async-w8-nomps" 2>/dev/null
-      stacks_later "$STACKS_AFTER"
-      step async8_mps 200 "${B[@]}" "${A[@]}" --modes async --workers 8 --updates "$UPDATES"
-      kill "$STACKS" 2>/dev/null
-      show_run "$OUT/runs/async-w8"
+      async8 async8_mps
       echo quit | nvidia-cuda-mps-control
     fi
     unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
