@@ -93,6 +93,36 @@ def test_cuda_onestep_gradient_equals_full(amp):
     assert rel_err(grads["onestep"], grads["full"]) < (5e-2 if amp else 1e-3)
 
 
+def host_syncs(fn) -> int:
+    """How many synchronising CUDA calls ``fn()`` makes (PyTorch's sync debug mode, as warnings)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", ["full", "onestep"])
+def test_cuda_update_syncs_with_the_host_once_whatever_t_max(mode):
+    """The rollout's inner loop never waits for the GPU: one sync per update (the stats), for any t_max."""
+    counts = {}
+    for t_max in (2, 6):
+        cfg = load_config(SMOKE, [f"train.rollout={mode}", f"env.t_max={t_max}", "model.width=8", "model.head_channels=16"])
+        model = tune_for_device(build_model(cfg.model, 1).cuda(), "cuda")
+        x = torch.rand(2, 1, 48, 48, device="cuda")
+        g = (torch.rand(2, 1, 48, 48, device="cuda") > 0.6).float()
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        reference_update(model, x, g, cfg, gen)  # warm-up: lazy initialisation may sync once
+        counts[t_max] = host_syncs(lambda: reference_update(model, x, g, cfg, gen))
+    assert counts[2] == counts[6] <= 1, counts
+
+
 @needs_cuda
 def test_cuda_trainer_learns_and_evaluates(tmp_path):
     """Two CUDA workers and the server share theta and the gradient slots by CUDA IPC; the run must learn."""
