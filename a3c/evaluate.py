@@ -66,13 +66,15 @@ def score_batch(pred: np.ndarray, gt: np.ndarray, idx: np.ndarray, stored_hw, me
                 dice_only: bool = False) -> list[dict]:
     """Per-slice rows for predicted masks pred, gt bool [B, H, W] at the network's size.
 
-    Each row holds index, case, slice and the six metrics (``dice`` alone with ``dice_only``);
+    Each row holds index, case, slice, ``kept`` and ``object`` (the shares of the slice's pixels
+    in the predicted and the true mask) and the six metrics (``dice`` alone with ``dice_only``);
     spacing comes from ``meta(idx)``, scaled from the stored size ``stored_hw`` to [H, W].
     """
     rows = []
     for b in range(pred.shape[0]):
         info = meta(int(idx[b])) if meta else {}
-        row = {"index": int(idx[b]), "case": info.get("case"), "slice": info.get("slice")}
+        row = {"index": int(idx[b]), "case": info.get("case"), "slice": info.get("slice"),
+               "kept": float(pred[b].mean()), "object": float(gt[b].mean())}
         if dice_only:
             row["dice"] = overlap_metrics(pred[b], gt[b])["dice"]
         else:
@@ -111,6 +113,24 @@ def evaluate(model: PixelDRLNet, batches: Iterable[Batch], cfg: Config, device: 
             progress(stack.shape[0])
     summary = aggregate_metrics([{k: r[k] for k in METRIC_KEYS} for r in rows])
     return EvalResult(rows, summary, list(step_sums / max(1, len(rows))), examples)
+
+
+def policy_collapse(rows: list[dict], keep_all: float = 0.98, zero_all: float = 0.02) -> str | None:
+    """Whether a policy has collapsed to one action for every pixel, from ``score_batch`` rows.
+
+    "keeps every pixel" when the mean ``kept`` share reaches ``keep_all`` while the objects cover
+    less; "zeroes every pixel" when it is under ``zero_all`` times the mean ``object`` share; None
+    otherwise (and when the slices hold no object). Thresholds are on means over the slices.
+    """
+    if not rows:
+        return None
+    kept = float(np.mean([r["kept"] for r in rows]))
+    obj = float(np.mean([r["object"] for r in rows]))
+    if kept >= keep_all and obj < keep_all:
+        return f"keeps every pixel ({kept:.1%} kept, objects cover {obj:.1%})"
+    if obj > 0 and kept < zero_all * obj:
+        return f"zeroes every pixel ({kept:.2%} kept, objects cover {obj:.1%})"
+    return None
 
 
 def model_from_checkpoint(ckpt: dict | str, device: torch.device | str = "cpu") -> tuple[PixelDRLNet, Config, dict]:

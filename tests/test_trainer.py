@@ -91,7 +91,8 @@ def test_end_to_end_two_workers(tiny_store, tmp_path):
         texts |= set(acc.Tags()["tensors"])
     for tag in ("losses/policy_loss", "losses/value_loss", "losses/entropy", "charts/mean_reward",
                 "charts/learning_rate", "charts/img_steps_per_s", "charts/staleness", "charts/rejected_grads",
-                "val/dice", "val/ppv", "val/sen", "val/iou", "val/biou", "val/hd95", "val_steps/dice_t01",
+                "val/dice", "val/ppv", "val/sen", "val/iou", "val/biou", "val/hd95", "val/kept_fraction",
+                "val/object_fraction", "val_steps/dice_t01",
                 "val_steps/dice_t03"):
         assert tag in scalars, tag
     assert any(t.startswith("val_examples/") for t in images)
