@@ -2,7 +2,7 @@
 
     python -m a3c.launch --workers N [--config FILE] [--data FILE.h5] [--run-dir DIR]
                          [--device auto|cpu|cuda] [--resume] [--backend local|ray]
-                         [--ray-address ADDR] [section.key=value ...]
+                         [--ray-address ADDR] [--mps] [section.key=value ...]
 
 Process topology (``--backend local``: processes started with ``spawn`` on this machine;
 ``--backend ray``: the server and the workers are Ray actors, see ``workers.ray_backend``)::
@@ -38,6 +38,7 @@ from a3c.evaluate import evaluate_checkpoint, table_row
 from a3c.fileio import write_json_atomic
 from datasets.store import SliceStore, StoreError
 from workers.launcher import Launcher, RunError
+from workers.mps import MPSError, start_mps, stop_mps
 
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -80,6 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="local: torch.multiprocessing on this machine (default); ray: Ray actors (pip install -r requirements-ray.txt)")
     ap.add_argument("--ray-address", default=None, metavar="ADDR",
                     help="with --backend ray: join the running cluster at ADDR (default: start a local Ray instance)")
+    ap.add_argument("--mps", action="store_true",
+                    help="run a private CUDA Multi-Process Service daemon for the run, so that the workers' kernels "
+                         "share the GPU at once instead of taking turns (local backend, CUDA)")
     ap.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
     args = ap.parse_args(argv)
     if args.workers < 1:
@@ -88,6 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--resume needs --run-dir")
     if args.ray_address and args.backend != "ray":
         ap.error("--ray-address needs --backend ray")
+    if args.mps and (args.device == "cpu" or args.backend != "local"):
+        ap.error("--mps needs a CUDA device and --backend local (on a Ray cluster, start MPS on each node)")
     return args
 
 
@@ -130,10 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     # process started in the background of a non-interactive shell inherits it as ignored.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    launcher = None
+    launcher = mps = None
     try:
         cfg, resume, run = resolve(args)
+        if args.mps:  # before this process touches CUDA; its children inherit the daemon's folders
+            mps = start_mps()
         device = resolve_device(args.device)
+        if mps is not None and device.type != "cuda":
+            raise UsageError("--mps: CUDA is not available on this machine")
         launcher_cls = launcher_class(args.backend)
         data = args.data or cfg.data.path or str(default_store(cfg))
         store = SliceStore(data)
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             launcher.request_stop()
             launcher.wind_down(evaluate_last=False)
         return 130
-    except (ConfigError, StoreError, CheckpointError, UsageError) as exc:
+    except (ConfigError, StoreError, CheckpointError, UsageError, MPSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunError as exc:
@@ -176,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if launcher is not None:
             launcher.kill_all()
+        if mps is not None:
+            print(stop_mps(mps, run / "logs" / "mps"), file=sys.stderr)
 
 
 def report(run: Path, store: SliceStore, cfg: Config, device: torch.device, wall: float) -> int:

@@ -33,12 +33,14 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a limit, log to $OUT/NAME.log
   tail -n 3 "$OUT/$name.log"
 }
 
-async8() {  # async8 NAME: the 8-worker trainer (logs kept in $OUT/runs/async-w8); if it still runs after
+async8() {  # async8 NAME [ARGS]: the 8-worker trainer (logs kept in $OUT/runs/async-w8); if it still runs after
   # STACKS_AFTER s, its spawned children get SIGUSR1 and write their Python stacks into their logs
   # (workers.common); then its warm-up lines and the head of any stack dump are printed
   (sleep "$STACKS_AFTER"; pkill -USR1 -f "multiprocessing.spawn import spawn_main") &
   local stacks=$!
-  step "$1" 200 "${B[@]}" --keep-runs "$OUT/runs" --modes async --workers 8 --updates "$UPDATES"
+  local name=$1
+  shift
+  step "$name" 200 "${B[@]}" --keep-runs "$OUT/runs" --modes async --workers 8 --updates "$UPDATES" "$@"
   kill "$stacks" 2>/dev/null
   local run="$OUT/runs/async-w8"
   grep -h -E "first gradient|update (1|10|100) applied" "$run"/logs/*.log 2>/dev/null | sort | cut -c12-
@@ -62,16 +64,10 @@ if [ "$PART" = 1 ] || [ "$PART" = all ]; then
   step batched16_cl 120 "${B[@]}" --modes batched --workers 8 --updates 64
 fi
 if [ "$PART" = 2 ] || [ "$PART" = all ]; then
-  if command -v nvidia-cuda-mps-control >/dev/null; then
-    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
-    mkdir -p /tmp/mps_pipe /tmp/mps_log
-    if nvidia-cuda-mps-control -d; then
-      mv "$OUT/runs/async-w8" "$OUT/runs/async-w8-nomps" 2>/dev/null
-      async8 async8_mps
-      echo quit | nvidia-cuda-mps-control
-    fi
-    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-  fi
+  # the same under a private MPS daemon (a3c.launch --mps); its logs land in the run's logs/mps
+  mv "$OUT/runs/async-w8" "$OUT/runs/async-w8-nomps" 2>/dev/null
+  async8 async8_mps --mps
+  grep -h "MPS" "$OUT/async8_mps.log" "$OUT"/runs/async-w8/logs/mps/*.log 2>/dev/null | tail -n 5
   step batched16_compile 200 "${B[@]}" --modes batched --workers 8 --updates 64 train.compile=true
   # memory against t_max in one-step mode, one process of batch 2
   step mem_tmax2 60 "${B[@]}" --modes batched --workers 1 --updates 6 --t-max 2

@@ -3,7 +3,7 @@
     python bench/throughput.py [--config FILE] [--size S] [--batch B] [--t-max T] [--workers 1,2]
                                [--updates N] [--device cpu|cuda] [--modes async,batched]
                                [--rollout onestep|full] [--peak-tflops X] [--backend local|ray]
-                               [overrides ...]
+                               [--mps] [--keep-runs DIR] [overrides ...]
 
 For each worker count W it prints one JSON line per mode:
 
@@ -17,7 +17,7 @@ For each worker count W it prints one JSON line per mode:
 Each line carries ``mode, workers, batch, t_max, size, device, rollout, img_steps_per_s,
 updates_per_s, peak_mem_mib, flops_per_img_step`` (forward and backward as the rollout mode
 does them, counted with ``torch.utils.flop_counter``), ``mfu`` on CUDA with ``--peak-tflops``,
-and for async its ``backend`` and the ratio to the batched line of the same W. Figures are for comparison on one
+and for async its ``backend``, ``mps`` and the ratio to the batched line of the same W. Figures are for comparison on one
 machine; on a shared machine compare ratios.
 """
 from __future__ import annotations
@@ -99,13 +99,17 @@ def run_async(args, store_path: str, workers: int, overrides: list[str]) -> dict
             shutil.rmtree(run, ignore_errors=True)
         cmd = [sys.executable, "-m", "a3c.launch", "--workers", str(workers), "--data", store_path,
                "--run-dir", run, "--device", args.device, "--no-progress", "--backend", args.backend,
-               f"train.max_updates={args.updates}", "train.checkpoint_interval_s=100000", *overrides]
+               f"train.max_updates={args.updates}", "train.checkpoint_interval_s=100000", *(["--mps"] if args.mps else []),
+               *overrides]
         if args.config:
             cmd[3:3] = ["--config", args.config]
         t0 = time.perf_counter()
         res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
         wall = time.perf_counter() - t0
+        for line in res.stderr.splitlines():  # --mps: how many MPS servers served the run
+            if line.startswith("MPS:"):
+                print(line, file=sys.stderr)
         if res.returncode != 0:
             raise SystemExit(f"async run failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
         rates = []
@@ -143,6 +147,7 @@ def main() -> int:
     ap.add_argument("--backend", default="local", choices=("local", "ray"), help="the async trainer's transport")
     ap.add_argument("--keep-runs", default=None, metavar="DIR",
                     help="keep each async run's folder (logs, TensorBoard) as DIR/async-wN instead of deleting it")
+    ap.add_argument("--mps", action="store_true", help="the async trainer under a private CUDA MPS daemon (a3c.launch --mps)")
     ap.add_argument("--_batched", nargs=2, metavar=("STORE", "WORKERS"), help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -189,6 +194,7 @@ def main() -> int:
                     line["wall_s"] = m["wall_s"]
                 if mode == "async":
                     line["backend"] = args.backend
+                    line["mps"] = args.mps
                 lines[mode] = line
             if "async" in lines and "batched" in lines and lines["batched"]["img_steps_per_s"] > 0:
                 lines["async"]["ratio_to_batched"] = round(lines["async"]["img_steps_per_s"] / lines["batched"]["img_steps_per_s"], 3)

@@ -17,4 +17,4 @@ def test_throughput_benchmark_output_format():
         assert line["img_steps_per_s"] > 0 and line["peak_mem_mib"] > 0 and line["flops_per_img_step"] > 1e6
         assert (line["workers"], line["batch"], line["t_max"], line["size"]) == (1, 2, 3, 32)
     async_line = next(line for line in lines if line["mode"] == "async")
-    assert async_line["ratio_to_batched"] > 0 and async_line["backend"] == "local"
+    assert async_line["ratio_to_batched"] > 0 and async_line["backend"] == "local" and async_line["mps"] is False

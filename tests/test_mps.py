@@ -1,0 +1,116 @@
+"""``--mps``: the private MPS daemon's start and stop, against a stand-in for nvidia-cuda-mps-control.
+
+The stand-in records each call (arguments, the daemon folders it was given, the command on its
+stdin); FAKE_MPS says how it behaves. On a GPU machine, bench/gpu_check.sh runs the real one.
+"""
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_module
+from workers.mps import ENV_KEYS, MPSError, start_mps, stop_mps
+
+FAKE = """#!/bin/sh
+# a stand-in for nvidia-cuda-mps-control: FAKE_MPS = ok | fail_start | mute | serve
+cmd=""
+[ "$1" = "-d" ] || read -r cmd
+echo "args=$* pipe=$CUDA_MPS_PIPE_DIRECTORY log=$CUDA_MPS_LOG_DIRECTORY cmd=$cmd" >> "$FAKE_MPS_RECORD"
+if [ "$1" = "-d" ]; then
+  echo "daemon started" > "$CUDA_MPS_LOG_DIRECTORY/control.log"
+  [ "$FAKE_MPS" = fail_start ] && { echo "permission denied" >&2; echo "cannot open the GPU" >> "$CUDA_MPS_LOG_DIRECTORY/control.log"; exit 1; }
+  exit 0
+fi
+[ "$FAKE_MPS" = mute ] && { echo "Cannot find MPS control daemon process" >&2; exit 1; }
+[ "$cmd" = get_server_list ] && [ "$FAKE_MPS" = serve ] && echo 4242
+exit 0
+"""
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    binary = tmp_path / "bin" / "nvidia-cuda-mps-control"
+    binary.parent.mkdir()
+    binary.write_text(FAKE)
+    binary.chmod(binary.stat().st_mode | stat.S_IEXEC)
+    record = tmp_path / "record.txt"
+    monkeypatch.setenv("FAKE_MPS_RECORD", str(record))
+    monkeypatch.setenv("PATH", f"{binary.parent}{os.pathsep}{os.environ['PATH']}")
+    for k in ENV_KEYS:
+        monkeypatch.delenv(k, raising=False)
+    return record
+
+
+def calls(record: Path) -> list[str]:
+    return record.read_text().splitlines()
+
+
+@pytest.mark.parametrize("mode, served", [("ok", "no process connected"), ("serve", "1 server(s) served this run")])
+def test_start_exports_the_folders_and_stop_undoes_it(fake, tmp_path, monkeypatch, mode, served):
+    monkeypatch.setenv("FAKE_MPS", mode)
+    mps = start_mps()
+    pipe, log = os.environ["CUDA_MPS_PIPE_DIRECTORY"], os.environ["CUDA_MPS_LOG_DIRECTORY"]
+    assert Path(pipe).is_dir() and Path(log).is_dir() and len(pipe) < 80  # a Unix socket path must stay short
+    keep = tmp_path / "run" / "logs" / "mps"
+    keep.parent.mkdir(parents=True)
+    said = stop_mps(mps, keep)
+    assert served in said
+    assert all(k not in os.environ for k in ENV_KEYS) and not mps.folder.exists()
+    assert (keep / "control.log").read_text() == "daemon started\n"
+    lines = calls(fake)
+    assert [line.split(" pipe=")[0] for line in lines] == ["args=-d", "args=", "args=", "args="]
+    assert [line.split("cmd=")[1] for line in lines] == ["", "get_server_list", "get_server_list", "quit"]
+    assert all(f"pipe={pipe} log={log}" in line for line in lines)
+
+
+def test_stop_restores_variables_the_user_had(fake, monkeypatch):
+    monkeypatch.setenv("FAKE_MPS", "ok")
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", "/users/own/pipe")
+    mps = start_mps()
+    assert os.environ["CUDA_MPS_PIPE_DIRECTORY"] != "/users/own/pipe"
+    stop_mps(mps)
+    assert os.environ["CUDA_MPS_PIPE_DIRECTORY"] == "/users/own/pipe" and "CUDA_MPS_LOG_DIRECTORY" not in os.environ
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("fail_start", "nvidia-cuda-mps-control -d failed (exit 1): permission denied; its log ends: cannot open the GPU"),
+    ("mute", "the MPS daemon does not answer (exit 1): Cannot find MPS control daemon process; its log ends: daemon started"),
+])
+def test_a_daemon_that_fails_leaves_nothing(fake, monkeypatch, mode, message):
+    monkeypatch.setenv("FAKE_MPS", mode)
+    before = set(Path(tempfile.gettempdir()).glob("pixeldrl-mps-*"))
+    with pytest.raises(MPSError, match="--mps: ") as err:
+        start_mps()
+    assert message in str(err.value)
+    assert all(k not in os.environ for k in ENV_KEYS)
+    assert set(Path(tempfile.gettempdir()).glob("pixeldrl-mps-*")) == before
+
+
+def test_missing_control_program_is_a_one_line_error(tiny_store, tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = run_module(["-m", "a3c.launch", "--mps", "--data", str(tiny_store), "--run-dir", str(tmp_path / "run")],
+                     env={"PATH": str(tmp_path / "empty")})
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: --mps: nvidia-cuda-mps-control is not on PATH")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra", [["--device", "cpu"], ["--backend", "ray"]])
+def test_mps_needs_cuda_and_the_local_backend(tiny_store, tmp_path, extra):
+    res = run_module(["-m", "a3c.launch", "--mps", *extra, "--data", str(tiny_store), "--run-dir", str(tmp_path / "r")])
+    assert res.returncode == 2 and "--mps needs a CUDA device and --backend local" in res.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_mps_without_a_gpu_stops_the_daemon_it_started(fake, tiny_store, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the run would start")
+    res = run_module(["-m", "a3c.launch", "--mps", "--data", str(tiny_store), "--run-dir", str(tmp_path / "run")],
+                     env={"FAKE_MPS": "ok"})
+    assert res.returncode == 2 and "error: --mps: CUDA is not available on this machine" in res.stderr
+    assert "MPS: no process connected" in res.stderr
+    assert [line.split("cmd=")[1] for line in calls(fake)] == ["", "get_server_list", "get_server_list", "quit"]
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,105 @@
+"""A private CUDA Multi-Process Service (MPS) control daemon for one run: ``a3c.launch --mps``.
+
+Without MPS, processes that share a GPU take turns on it (time slicing), so N workers of a small
+batch each run no faster together than one of them alone. Under MPS their kernels run at the same
+time. ``start_mps`` starts ``nvidia-cuda-mps-control -d`` with its own temporary folder (short: the
+daemon's Unix socket path is limited in length) for its pipes and logs, checks that it answers,
+and sets ``CUDA_MPS_PIPE_DIRECTORY`` and ``CUDA_MPS_LOG_DIRECTORY`` in this process's environment,
+which every child spawned afterwards inherits: CUDA in those children connects to the daemon,
+which starts an MPS server for them. ``stop_mps`` says how many MPS servers served the run, quits
+the daemon, copies its logs to a folder of the run, restores the variables and removes the
+temporary folder.
+
+Start it before this process touches CUDA, so that it too is a client of the daemon.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CONTROL = "nvidia-cuda-mps-control"
+ENV_KEYS = ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")
+
+
+class MPSError(RuntimeError):
+    """The daemon could not be found, started or reached; the message is one line."""
+
+
+@dataclass
+class PrivateMPS:
+    binary: str
+    folder: Path                                   # temporary: pipes in pipe/, logs in log/
+    previous: dict[str, str | None] | None = None  # the variables' values before start_mps
+
+    def env(self) -> dict[str, str]:
+        return {"CUDA_MPS_PIPE_DIRECTORY": str(self.folder / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(self.folder / "log")}
+
+    def control(self, command: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
+        """Run the control program with this daemon's folders: ``-d`` when command is None, else send it."""
+        args = [self.binary] + (["-d"] if command is None else [])
+        return subprocess.run(args, input=None if command is None else command + "\n", capture_output=True, text=True,
+                              env={**os.environ, **self.env()}, timeout=timeout)
+
+    def last_log_line(self) -> str:
+        try:
+            lines = (self.folder / "log" / "control.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return f"; its log ends: {lines[-1][:200]}" if lines else ""
+
+
+def _first_line(res: subprocess.CompletedProcess) -> str:
+    text = (res.stderr or res.stdout or "").strip()
+    return text.splitlines()[0][:200] if text else "no output"
+
+
+def start_mps(binary: str | None = None) -> PrivateMPS:
+    """Start the daemon and export its folders to this process's children; MPSError if it fails."""
+    found = binary or shutil.which(CONTROL)
+    if not found:
+        raise MPSError(f"--mps: {CONTROL} is not on PATH (it comes with the NVIDIA driver)")
+    mps = PrivateMPS(found, Path(tempfile.mkdtemp(prefix="pixeldrl-mps-")))
+    for sub in ("pipe", "log"):
+        (mps.folder / sub).mkdir()
+    try:
+        res = mps.control()
+        if res.returncode != 0:
+            raise MPSError(f"--mps: {CONTROL} -d failed (exit {res.returncode}): {_first_line(res)}{mps.last_log_line()}")
+        res = mps.control("get_server_list")
+        if res.returncode != 0:
+            raise MPSError(f"--mps: the MPS daemon does not answer (exit {res.returncode}): "
+                           f"{_first_line(res)}{mps.last_log_line()}")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        shutil.rmtree(mps.folder, ignore_errors=True)
+        raise MPSError(f"--mps: {CONTROL}: {exc}") from None
+    except MPSError:
+        shutil.rmtree(mps.folder, ignore_errors=True)
+        raise
+    mps.previous = {k: os.environ.get(k) for k in ENV_KEYS}
+    os.environ.update(mps.env())
+    return mps
+
+
+def stop_mps(mps: PrivateMPS, keep_logs: Path | None = None) -> str:
+    """Quit the daemon and undo ``start_mps``, its logs copied into ``keep_logs`` where that folder's
+    parent exists; returns one line on how many MPS servers the daemon ran."""
+    try:
+        servers = mps.control("get_server_list").stdout.split()
+        mps.control("quit")
+        said = (f"MPS: {len(servers)} server(s) served this run" if servers
+                else "MPS: no process connected to the daemon (the GPU ran without MPS)")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        said = f"MPS: could not stop the daemon ({exc}); stop it with: echo quit | {CONTROL}"
+    if keep_logs is not None and keep_logs.parent.is_dir():
+        shutil.copytree(mps.folder / "log", keep_logs, dirs_exist_ok=True)
+    for k, v in (mps.previous or {}).items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    shutil.rmtree(mps.folder, ignore_errors=True)
+    return said
