@@ -115,17 +115,20 @@ def evaluate(model: PixelDRLNet, batches: Iterable[Batch], cfg: Config, device: 
     return EvalResult(rows, summary, list(step_sums / max(1, len(rows))), examples)
 
 
-def policy_collapse(rows: list[dict], keep_all: float = 0.98, zero_all: float = 0.02) -> str | None:
-    """Whether a policy has collapsed to one action for every pixel, from ``score_batch`` rows.
-
-    "keeps every pixel" when the mean ``kept`` share reaches ``keep_all`` while the objects cover
-    less; "zeroes every pixel" when it is under ``zero_all`` times the mean ``object`` share; None
-    otherwise (and when the slices hold no object). Thresholds are on means over the slices.
-    """
+def mask_shares(rows: list[dict]) -> tuple[float, float]:
+    """Means over ``score_batch`` rows of ``kept`` and ``object`` (the predicted and the true shares of pixels)."""
     if not rows:
-        return None
-    kept = float(np.mean([r["kept"] for r in rows]))
-    obj = float(np.mean([r["object"] for r in rows]))
+        return float("nan"), float("nan")
+    return float(np.mean([r["kept"] for r in rows])), float(np.mean([r["object"] for r in rows]))
+
+
+def policy_collapse(kept: float, obj: float, keep_all: float = 0.98, zero_all: float = 0.02) -> str | None:
+    """Whether a policy has collapsed to one action for every pixel, from ``mask_shares``.
+
+    "keeps every pixel" when the kept share reaches ``keep_all`` while the objects cover less;
+    "zeroes every pixel" when it is under ``zero_all`` times the objects' share; None otherwise
+    (and when there is no object, or no slice: NaN).
+    """
     if kept >= keep_all and obj < keep_all:
         return f"keeps every pixel ({kept:.1%} kept, objects cover {obj:.1%})"
     if obj > 0 and kept < zero_all * obj:

@@ -8,7 +8,7 @@ import torch
 
 from a3c.checkpoint import FORMAT, save_checkpoint
 from a3c.config import load_config
-from a3c.evaluate import policy_collapse, score_batch
+from a3c.evaluate import mask_shares, policy_collapse, score_batch
 from a3c.model import build_model, count_params
 from workers.monitor import watch
 from workers.shared import SharedState
@@ -16,8 +16,8 @@ from workers.shared import SharedState
 SMOKE = "configs/smoke.yaml"
 
 
-def rows(kept, obj):
-    return [{"kept": k, "object": o} for k, o in zip(kept, obj)]
+def collapse(kept, obj):
+    return policy_collapse(*mask_shares([{"kept": k, "object": o} for k, o in zip(kept, obj)]))
 
 
 def test_score_batch_reports_the_kept_and_object_shares():
@@ -31,15 +31,15 @@ def test_score_batch_reports_the_kept_and_object_shares():
 
 
 def test_policy_collapse_hand_worked_cases():
-    assert policy_collapse(rows([1.0, 0.97], [0.02, 0.04])).startswith("keeps every pixel (98.5% kept")
-    assert policy_collapse(rows([0.0, 0.001], [0.05, 0.05])).startswith("zeroes every pixel")
-    assert policy_collapse(rows([0.04, 0.06], [0.05, 0.05])) is None   # about right
-    assert policy_collapse(rows([0.97, 0.97], [0.02, 0.02])) is None   # 97% kept: below the 98% mark
-    assert policy_collapse(rows([0.003], [0.1])) is None                # 3% of the objects' share: 2% is the mark
-    assert policy_collapse(rows([0.001], [0.1])) is not None            # 1%
-    assert policy_collapse(rows([0.0], [0.0])) is None                  # no object, nothing kept: right
-    assert policy_collapse(rows([1.0], [0.99])) is None                 # the object fills the slice
-    assert policy_collapse([]) is None
+    assert collapse([1.0, 0.97], [0.02, 0.04]).startswith("keeps every pixel (98.5% kept")
+    assert collapse([0.0, 0.001], [0.05, 0.05]).startswith("zeroes every pixel")
+    assert collapse([0.04, 0.06], [0.05, 0.05]) is None  # about right
+    assert collapse([0.97, 0.97], [0.02, 0.02]) is None  # 97% kept: below the 98% mark
+    assert collapse([0.003], [0.1]) is None  # 3% of the objects' share: 2% is the mark
+    assert collapse([0.001], [0.1]) is not None  # 1%
+    assert collapse([0.0], [0.0]) is None  # no object, nothing kept: right
+    assert collapse([1.0], [0.99]) is None  # the object fills the slice
+    assert policy_collapse(*mask_shares([])) is None  # no slice
 
 
 def collapsed_checkpoint(path, updates: int) -> None:

@@ -18,7 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from a3c.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from a3c.fileio import write_json_atomic
-from a3c.evaluate import EvalResult, evaluate, example_grid, model_from_checkpoint, policy_collapse
+from a3c.evaluate import EvalResult, evaluate, example_grid, mask_shares, model_from_checkpoint, policy_collapse
 from datasets.store import SliceStore
 from workers.shared import SharedState
 
@@ -27,8 +27,9 @@ def write_eval(writer: SummaryWriter, res: EvalResult, step: int) -> None:
     for k, v in res.summary.items():
         writer.add_scalar(f"val/{k}", v["mean"], step)
     if res.per_image:  # share of pixels the policy keeps, against the objects' share: 1.0 or 0 is a collapse
-        writer.add_scalar("val/kept_fraction", float(np.mean([r["kept"] for r in res.per_image])), step)
-        writer.add_scalar("val/object_fraction", float(np.mean([r["object"] for r in res.per_image])), step)
+        kept, obj = mask_shares(res.per_image)
+        writer.add_scalar("val/kept_fraction", kept, step)
+        writer.add_scalar("val/object_fraction", obj, step)
     for t, d in enumerate(res.step_dice, start=1):
         writer.add_scalar(f"val_steps/dice_t{t:02d}", d, step)
     for i, ex in enumerate(res.examples):
@@ -72,7 +73,7 @@ def watch(logger, cfg_dict: dict, store_path: str, run_dir: str, device_str: str
         dice = res.summary["dice"]["mean"]
         write_eval(writer, res, updates)
         logger.info("update %d: val dice %.4f (step dice %s)", updates, dice, np.round(res.step_dice, 3).tolist())
-        collapse = policy_collapse(res.per_image)
+        collapse = policy_collapse(*mask_shares(res.per_image))
         if collapse and not collapsed:
             logger.warning("update %d: the policy %s on the validation split: it has collapsed to one action "
                            "(best.pt keeps the best checkpoint so far)", updates, collapse)
