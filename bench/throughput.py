@@ -99,8 +99,8 @@ def run_async(args, store_path: str, workers: int, overrides: list[str]) -> dict
             shutil.rmtree(run, ignore_errors=True)
         cmd = [sys.executable, "-m", "a3c.launch", "--workers", str(workers), "--data", store_path,
                "--run-dir", run, "--device", args.device, "--no-progress", "--backend", args.backend,
-               f"train.max_updates={args.updates}", "train.checkpoint_interval_s=100000", *(["--mps"] if args.mps else []),
-               *overrides]
+               *(["--mps"] if args.mps else []),  # before the overrides: argparse takes no flag among them
+               f"train.max_updates={args.updates}", "train.checkpoint_interval_s=100000", *overrides]
         if args.config:
             cmd[3:3] = ["--config", args.config]
         t0 = time.perf_counter()

@@ -114,3 +114,11 @@ def test_mps_without_a_gpu_stops_the_daemon_it_started(fake, tiny_store, tmp_pat
     assert "MPS: no process connected" in res.stderr
     assert [line.split("cmd=")[1] for line in calls(fake)] == ["", "get_server_list", "get_server_list", "quit"]
     assert not (tmp_path / "run").exists()
+
+
+def test_bench_passes_mps_to_the_launcher_before_the_overrides(tmp_path):
+    """The launcher's own check answers (not argparse's "unrecognized arguments" for a flag among overrides)."""
+    res = run_module(["bench/throughput.py", "--mps", "--modes", "async", "--workers", "1", "--updates", "2",
+                      "--size", "16", "--config", "configs/smoke.yaml"], timeout=300)
+    assert res.returncode != 0
+    assert "--mps needs a CUDA device and --backend local" in res.stderr, res.stderr[-500:]

@@ -1,7 +1,7 @@
 """A private CUDA Multi-Process Service (MPS) control daemon for one run: ``a3c.launch --mps``.
 
-Without MPS, processes that share a GPU take turns on it (time slicing), so N workers of a small
-batch each run no faster together than one of them alone. Under MPS their kernels run at the same
+Without MPS, processes that share a GPU take turns on it (time slicing): the kernels of N workers
+never overlap, so each runs at the size of one worker's batch. Under MPS they run at the same
 time. ``start_mps`` starts ``nvidia-cuda-mps-control -d`` with its own temporary folder (short: the
 daemon's Unix socket path is limited in length) for its pipes and logs, checks that it answers,
 and sets ``CUDA_MPS_PIPE_DIRECTORY`` and ``CUDA_MPS_LOG_DIRECTORY`` in this process's environment,
@@ -66,19 +66,15 @@ def start_mps(binary: str | None = None) -> PrivateMPS:
     for sub in ("pipe", "log"):
         (mps.folder / sub).mkdir()
     try:
-        res = mps.control()
-        if res.returncode != 0:
-            raise MPSError(f"--mps: {CONTROL} -d failed (exit {res.returncode}): {_first_line(res)}{mps.last_log_line()}")
-        res = mps.control("get_server_list")
-        if res.returncode != 0:
-            raise MPSError(f"--mps: the MPS daemon does not answer (exit {res.returncode}): "
-                           f"{_first_line(res)}{mps.last_log_line()}")
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        for command, what in ((None, f"{CONTROL} -d failed"), ("get_server_list", "the MPS daemon does not answer")):
+            res = mps.control(command)
+            if res.returncode != 0:
+                raise MPSError(f"--mps: {what} (exit {res.returncode}): {_first_line(res)}{mps.last_log_line()}")
+    except (OSError, subprocess.TimeoutExpired, MPSError) as exc:
         shutil.rmtree(mps.folder, ignore_errors=True)
+        if isinstance(exc, MPSError):
+            raise
         raise MPSError(f"--mps: {CONTROL}: {exc}") from None
-    except MPSError:
-        shutil.rmtree(mps.folder, ignore_errors=True)
-        raise
     mps.previous = {k: os.environ.get(k) for k in ENV_KEYS}
     os.environ.update(mps.env())
     return mps
