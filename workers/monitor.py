@@ -23,13 +23,13 @@ from datasets.store import SliceStore
 from workers.shared import SharedState
 
 
-def write_eval(writer: SummaryWriter, res: EvalResult, step: int) -> None:
+def write_eval(writer: SummaryWriter, res: EvalResult, step: int, shares: tuple[float, float]) -> None:
+    """The validation scalars and images at ``step``; ``shares`` are ``mask_shares(res.per_image)``."""
     for k, v in res.summary.items():
         writer.add_scalar(f"val/{k}", v["mean"], step)
     if res.per_image:  # share of pixels the policy keeps, against the objects' share: 1.0 or 0 is a collapse
-        kept, obj = mask_shares(res.per_image)
-        writer.add_scalar("val/kept_fraction", kept, step)
-        writer.add_scalar("val/object_fraction", obj, step)
+        writer.add_scalar("val/kept_fraction", shares[0], step)
+        writer.add_scalar("val/object_fraction", shares[1], step)
     for t, d in enumerate(res.step_dice, start=1):
         writer.add_scalar(f"val_steps/dice_t{t:02d}", d, step)
     for i, ex in enumerate(res.examples):
@@ -71,9 +71,10 @@ def watch(logger, cfg_dict: dict, store_path: str, run_dir: str, device_str: str
         res = evaluate(model, store.batches(cfg.data.val_split, cfg.eval.batch_size), cfg, device_str,
                        meta=store.meta, max_slices=cfg.eval.max_slices, keep_examples=cfg.eval.images)
         dice = res.summary["dice"]["mean"]
-        write_eval(writer, res, updates)
+        shares = mask_shares(res.per_image)
+        write_eval(writer, res, updates, shares)
         logger.info("update %d: val dice %.4f (step dice %s)", updates, dice, np.round(res.step_dice, 3).tolist())
-        collapse = policy_collapse(*mask_shares(res.per_image))
+        collapse = policy_collapse(*shares)
         if collapse and not collapsed:
             logger.warning("update %d: the policy %s on the validation split: it has collapsed to one action "
                            "(best.pt keeps the best checkpoint so far)", updates, collapse)
