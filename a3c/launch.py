@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg, resume, run = resolve(args)
         if args.mps:  # before this process touches CUDA; its children inherit the daemon's folders
             mps = start_mps()
+            print(f"MPS: a private daemon for this run, CUDA_MPS_PIPE_DIRECTORY={mps.env()['CUDA_MPS_PIPE_DIRECTORY']}",
+                  file=sys.stderr)
         device = resolve_device(args.device)
         if mps is not None and device.type != "cuda":
             raise UsageError("--mps: CUDA is not available on this machine")

@@ -111,6 +111,7 @@ def test_mps_without_a_gpu_stops_the_daemon_it_started(fake, tiny_store, tmp_pat
     res = run_module(["-m", "a3c.launch", "--mps", "--data", str(tiny_store), "--run-dir", str(tmp_path / "run")],
                      env={"FAKE_MPS": "ok"})
     assert res.returncode == 2 and "error: --mps: CUDA is not available on this machine" in res.stderr
+    assert "MPS: a private daemon for this run, CUDA_MPS_PIPE_DIRECTORY=" in res.stderr
     assert "MPS: no process connected" in res.stderr
     assert [line.split("cmd=")[1] for line in calls(fake)] == ["", "get_server_list", "get_server_list", "quit"]
     assert not (tmp_path / "run").exists()
