@@ -1,14 +1,17 @@
 """``--mps``: the private MPS daemon's start and stop, against a stand-in for nvidia-cuda-mps-control.
 
 The stand-in records each call (arguments, the daemon folders it was given, the command on its
-stdin); FAKE_MPS says how it behaves. On a GPU machine, bench/gpu_check.sh runs the real one.
+stdin); FAKE_MPS says how it behaves. On a GPU machine with the real program, the last test runs
+a short CUDA training under it (skipped elsewhere), and bench/gpu_check.sh part 2 measures it.
 """
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import run_module
 from workers.mps import ENV_KEYS, MPSError, start_mps, stop_mps
@@ -104,8 +107,6 @@ def test_mps_needs_cuda_and_the_local_backend(tiny_store, tmp_path, extra):
 
 
 def test_mps_without_a_gpu_stops_the_daemon_it_started(fake, tiny_store, tmp_path):
-    import torch
-
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the run would start")
     res = run_module(["-m", "a3c.launch", "--mps", "--data", str(tiny_store), "--run-dir", str(tmp_path / "run")],
@@ -123,3 +124,15 @@ def test_bench_passes_mps_to_the_launcher_before_the_overrides(tmp_path):
                       "--size", "16", "--config", "configs/smoke.yaml"], timeout=300)
     assert res.returncode != 0
     assert "--mps needs a CUDA device and --backend local" in res.stderr, res.stderr[-500:]
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and shutil.which("nvidia-cuda-mps-control")),
+                    reason="needs a CUDA GPU and nvidia-cuda-mps-control")
+def test_real_mps_serves_a_short_cuda_run(tiny_store, tmp_path):
+    run = tmp_path / "run"
+    res = run_module(["-m", "a3c.launch", "--mps", "--device", "cuda", "--workers", "2", "--config", "configs/smoke.yaml",
+                      "--data", str(tiny_store), "--run-dir", str(run), "--no-progress", "train.max_updates=20"],
+                     timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "server(s) served this run" in res.stderr, res.stderr[-2000:]
+    assert (run / "logs" / "mps" / "control.log").exists()
