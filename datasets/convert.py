@@ -74,6 +74,7 @@ from .writer import (
     check_finite,
     check_output,
     parse_split,
+    resize_slices,
 )
 
 KINDS = ("lgg", "msd-heart", "hecktor", "nifti-pairs")
@@ -539,8 +540,7 @@ def resize_case(data: CaseData, size: tuple[int, int] | None) -> CaseData:
     from skimage.transform import resize
 
     s, c, h, w = data.images.shape
-    data.images = resize(data.images.astype(np.float32), (s, c) + tuple(size), order=1, mode="edge",
-                         anti_aliasing=size[0] < h or size[1] < w, preserve_range=True).astype(np.float32)
+    data.images = resize_slices(data.images, size)
     data.masks = (resize(data.masks.astype(np.float32), (s,) + tuple(size), order=1, mode="edge",
                          anti_aliasing=False, preserve_range=True) >= 0.5).astype(np.uint8)
     if data.spacing is not None:

@@ -153,6 +153,23 @@ def normalise_case(images: np.ndarray, percentiles: Sequence[float] = DEFAULT_PE
     return out
 
 
+def resize_slices(images: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Resize raw slices ``[S, C, H, W]`` to ``[S, C, h, w]`` float32, as ``convert --size`` does.
+
+    Linear interpolation with edge padding (``skimage.transform.resize``, values kept in their
+    range), anti-aliased when either side shrinks. The same size returns the input as float32.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    s, c, h, w = images.shape
+    size = (int(size[0]), int(size[1]))
+    if (h, w) == size:
+        return images
+    from skimage.transform import resize
+
+    return resize(images, (s, c) + size, order=1, mode="edge", anti_aliasing=size[0] < h or size[1] < w,
+                  preserve_range=True).astype(np.float32)
+
+
 def check_finite(arr: np.ndarray, source: os.PathLike | str) -> None:
     """Raise ConvertError if a float array holds NaN or infinite values."""
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():

@@ -20,7 +20,7 @@ from a3c.checkpoint import FORMAT, save_checkpoint
 from a3c.config import load_config
 from a3c.model import build_model, count_params
 from a3c.rollout import greedy_episode
-from datasets.writer import normalise_case
+from datasets.writer import normalise_case, resize_slices
 from tools import segment as seg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,12 +176,46 @@ def test_input_normalised_as_in_training(tmp_path, fx, monkeypatch, capsys):
     written = np.asarray(nib.load(tmp_path / "o" / "v_mask.nii.gz").dataobj)
     assert np.array_equal(written, np.moveaxis(pred, 0, 2).astype(np.uint8))
 
-    # another size: normalised at its own size, then bilinear to the training size
+    # another size: resized to the store's slice size first, then normalised (the converter's order);
+    # the overlay's picture is the input normalised at its own size
     raw2 = np.moveaxis(blob_volume((48, 40, 2)), 2, 0)[:, None]
-    norm2, x2 = seg.prepare_input(raw2, prep)
-    ref = F.interpolate(torch.from_numpy(normalise_case(raw2)), size=(32, 32), mode="bilinear", align_corners=False,
-                        antialias=True)
-    assert np.array_equal(norm2, normalise_case(raw2)) and torch.allclose(x2, ref)
+    shown2, x2 = seg.prepare_input(raw2, prep)
+    assert np.array_equal(shown2, normalise_case(raw2))
+    assert np.array_equal(x2.numpy(), normalise_case(resize_slices(raw2, (32, 32))))
+    assert not np.allclose(x2.numpy(), F.interpolate(torch.from_numpy(normalise_case(raw2)), size=(32, 32),
+                                                     mode="bilinear", align_corners=False, antialias=True).numpy(),
+                           atol=1e-3)  # the other order would differ
+
+    # a network trained at another size than its store's: store size first, then bilinear to image_size
+    prep16 = seg.Preprocess(NORM, (0.5, 99.5), 1, (16, 16), (32, 32))
+    ref16 = F.interpolate(torch.from_numpy(normalise_case(resize_slices(raw2, (32, 32)))), size=(16, 16),
+                          mode="bilinear", align_corners=False)
+    assert torch.equal(seg.prepare_input(raw2, prep16)[1], ref16)
+
+
+def test_input_equals_the_store_slices_of_the_same_volume_converted_with_size(tmp_path):
+    """A volume converted with ``--size`` and the same volume given to segment reach the network
+    as the same numbers: the store's slices are what segment feeds a model trained on that store."""
+    from datasets.convert import convert
+    from datasets.store import SliceStore
+
+    raw = blob_volume((48, 40, 3), seed=5) * 3 + 11
+    lab = np.zeros(raw.shape, np.uint8)
+    lab[10:30, 8:24] = 1
+    nib.save(nib.Nifti1Image(raw, AFFINE), tmp_path / "v_img.nii.gz")
+    nib.save(nib.Nifti1Image(lab, AFFINE), tmp_path / "v_seg.nii.gz")
+    out = tmp_path / "s.h5"
+    convert("nifti-pairs", tmp_path, out, images="*_img.nii.gz", labels="*_seg.nii.gz", size=(32, 32),
+            split="0/0/100", keep_negatives=True, progress=False)
+    with SliceStore(out) as store:
+        stored, _ = store.read(np.arange(store.n))
+        pre = {"normalisation": store.attrs["normalisation"], "image_shape": list(store.image_shape)}
+    ckpt = {"image_channels": 1, "image_size": [32, 32], "preprocess": pre}
+    prep, warnings = seg.preprocess_from_checkpoint(ckpt, load_config(REPO / "configs" / "smoke.yaml"), "c.pt")
+    assert warnings == [] and prep.store_hw == (32, 32)
+    _, x = seg.prepare_input(np.moveaxis(raw, 2, 0)[:, None], prep)
+    assert x.shape == (3, 1, 32, 32)
+    np.testing.assert_allclose(x.numpy(), stored, rtol=0, atol=1e-6)
 
 
 def test_channel_matching():

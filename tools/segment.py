@@ -21,9 +21,10 @@
 The checkpoint alone says how to prepare the input: its ``preprocess.normalisation`` (the
 training store's per-case, per-channel percentile clip of the nonzero voxels, scaled to [0, 1],
 ``datasets.writer.normalise_case``), its ``image_channels`` and its ``image_size`` (the size the
-network was trained at). A slice of another size is normalised at its own size, resized to
-``image_size`` (bilinear, as training resizes; anti-aliased when shrinking an image whose size
-differs from the training store's slices) and its mask is resized back (nearest). Each slice
+network was trained at). A slice of another size than the training store's goes through the
+steps that made the training data, in their order: resized to the store's slice size as
+``datasets.convert --size`` resizes, normalised, resized to ``image_size`` (bilinear, as training
+resizes); its mask is resized back to the input's size (nearest). Each slice
 runs the greedy ``t_max``-step episode (``a3c.rollout.greedy_episode``); the mask is the last
 action map, with no threshold.
 
@@ -164,26 +165,35 @@ def normalise_slices(slices: np.ndarray, prep: Preprocess) -> np.ndarray:
 def to_network(norm: np.ndarray, prep: Preprocess, device="cpu"):
     """Normalised slices [S, C, H, W] -> the network's input tensor [S, C, h, w] on ``device``.
 
-    Resized to ``prep.image_size`` (bilinear, ``align_corners=False``, as ``a3c.batch.prepare_batch``
-    resizes in training) when the size differs; anti-aliased when shrinking a slice whose size
-    is not the training store's.
+    Resized to ``prep.image_size`` when the size differs, bilinear with ``align_corners=False``,
+    as ``a3c.batch.prepare_batch`` resizes the store's slices in training.
     """
     import torch
     import torch.nn.functional as F
 
     x = torch.from_numpy(np.ascontiguousarray(norm, dtype=np.float32)).to(device)
-    hw = tuple(x.shape[-2:])
-    if prep.image_size is None or hw == tuple(prep.image_size):
+    if prep.image_size is None or tuple(x.shape[-2:]) == tuple(prep.image_size):
         return x
-    shrink = prep.image_size[0] < hw[0] or prep.image_size[1] < hw[1]
-    antialias = shrink and prep.store_hw is not None and hw != tuple(prep.store_hw)
-    return F.interpolate(x, size=tuple(prep.image_size), mode="bilinear", align_corners=False, antialias=antialias)
+    return F.interpolate(x, size=tuple(prep.image_size), mode="bilinear", align_corners=False)
 
 
 def prepare_input(slices: np.ndarray, prep: Preprocess, device="cpu"):
-    """Raw slices of one case [S, C, H, W] -> (normalised numpy [S, C, H, W], network tensor)."""
-    norm = normalise_slices(slices, prep)
-    return norm, to_network(norm, prep, device)
+    """Raw slices of one case [S, C, H, W] -> (shown [S, C, H, W], network tensor [S, C, h, w]).
+
+    The steps that made the training data, in their order: slices of another size than the
+    training store's are resized to the store's slice size as ``convert --size`` resizes
+    (``datasets.writer.resize_slices``), normalised as one case, then resized to the network's
+    ``image_size`` as training does. ``shown`` is the input normalised at its own size, for the
+    overlay picture. A checkpoint that does not record its store's shape normalises at the
+    input's own size.
+    """
+    from datasets.writer import resize_slices
+
+    hw = tuple(slices.shape[-2:])
+    shown = normalise_slices(slices, prep)
+    if prep.store_hw is None or hw == tuple(prep.store_hw):
+        return shown, to_network(shown, prep, device)
+    return shown, to_network(normalise_slices(resize_slices(slices, prep.store_hw), prep), prep, device)
 
 
 # ------------------------------------------------------------------------------------ inputs
