@@ -77,6 +77,10 @@ def test_end_to_end_two_workers(tiny_store, tmp_path):
     fresh = build_model(cfg.model, 1, cfg.env.state)
     assert any(not torch.equal(v, fresh.state_dict()[k]) for k, v in ckpt["model"].items()), "parameters unchanged"
     assert (run / "checkpoints" / "best.pt").exists() and (run / "checkpoints" / "best.json").exists()
+    server_log = (run / "logs" / "server.log").read_text()
+    heard = sorted(int(line.split("first gradient from worker ")[1].split()[0])
+                   for line in server_log.splitlines() if "first gradient from worker" in line)
+    assert heard == [0, 1], server_log  # the progress bar's warm-up count: once per worker rank
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert 0.0 <= metrics["dice"] <= 1.0 and "DICE" in res.stdout
 
@@ -263,3 +267,14 @@ def test_launch_bad_input_is_one_line_exit_2(tiny_store, extra, message):
     res = run_module(args + extra, timeout=60)
     assert res.returncode == 2, res.stderr
     assert message in res.stderr.strip().splitlines()[-1]
+
+
+def test_progress_bar_shows_warm_up_until_every_worker_has_pushed():
+    from workers.launcher import progress_postfix
+
+    status = {"epoch": 0.0, "img_steps_per_s": 0.0, "workers_ready": 0, "val_updates": 0, "val_dice": 0.0}
+    assert progress_postfix(status, 8) == {"epoch": "0.00", "img-steps/s": "0.0", "warm-up": "0/8 workers"}
+    status.update(epoch=0.5, img_steps_per_s=12.34, workers_ready=3)
+    assert progress_postfix(status, 8)["warm-up"] == "3/8 workers"
+    status.update(workers_ready=8, val_updates=40, val_dice=0.71234)
+    assert progress_postfix(status, 8) == {"epoch": "0.50", "img-steps/s": "12.3", "val_dice": "0.7123"}

@@ -48,6 +48,20 @@ def preprocess_info(store: SliceStore) -> dict:
     return info
 
 
+def progress_postfix(status, workers: int) -> dict:
+    """The progress bar's fields from the shared counters (``status.get(name)``): epoch, rate,
+    validation Dice once measured, and ``warm-up: k/N`` until every worker has pushed a gradient
+    (the first gradient waits for the device's warm-up, which can take minutes with many CUDA
+    workers on one GPU)."""
+    post = {"epoch": f"{status.get('epoch'):.2f}", "img-steps/s": f"{status.get('img_steps_per_s'):.1f}"}
+    ready = int(status.get("workers_ready"))
+    if ready < workers:
+        post["warm-up"] = f"{ready}/{workers} workers"
+    if status.get("val_updates") > 0:
+        post["val_dice"] = f"{status.get('val_dice'):.4f}"
+    return post
+
+
 class Launcher:
     """Starts, watches and stops the children of one run."""
 
@@ -180,10 +194,7 @@ class Launcher:
                 if self.shared.get("done"):
                     break
                 self.check_children()
-                post = {"epoch": f"{self.shared.get('epoch'):.2f}", "img-steps/s": f"{self.shared.get('img_steps_per_s'):.1f}"}
-                if self.shared.get("val_updates") > 0:
-                    post["val_dice"] = f"{self.shared.get('val_dice'):.4f}"
-                bar.set_postfix(post, refresh=False)
+                bar.set_postfix(progress_postfix(self.shared, self.args.workers), refresh=False)
                 bar.update(int(self.shared.get("updates")) - bar.n)  # redraws at most every mininterval
                 time.sleep(0.5)
             self.refresh()

@@ -103,6 +103,7 @@ class ParamServer:
         self.log = TrainLog(self.writer, self.cfg.env.t_max)
         self.last_ckpt = self.last_log = time.monotonic()
         self.rate = 0.0
+        self.pushed_ranks: set[int] = set()  # workers heard from at least once: the rest are still warming up
         self.stopping = budget_spent(self.cfg, self.learner.counters())
         if self.stopping:
             self.checkpoint("budget already spent")
@@ -112,8 +113,10 @@ class ParamServer:
         return self.learner.updates
 
     def status(self) -> dict:
-        """``updates, images, epoch, lr, rejected`` (counters), ``done`` (0/1), ``img_steps_per_s``."""
-        return {**self.learner.counters(), "done": float(self.stopping), "img_steps_per_s": self.rate}
+        """``updates, images, epoch, lr, rejected`` (counters), ``done`` (0/1), ``img_steps_per_s``,
+        ``workers_ready`` (how many worker ranks have pushed a gradient in this server's life)."""
+        return {**self.learner.counters(), "done": float(self.stopping), "img_steps_per_s": self.rate,
+                "workers_ready": float(len(self.pushed_ranks))}
 
     def checkpoint(self, reason: str) -> None:
         obj = {"format": FORMAT, "config": self.cfg.to_dict(), "image_channels": self.image_channels,
@@ -126,6 +129,9 @@ class ParamServer:
 
     def push(self, rank: int, grad: torch.Tensor, version: int, n_images: int, stats: dict) -> bool:
         """Apply ``grad`` [P], computed by worker ``rank`` on parameters of ``version``; False: stop."""
+        if rank not in self.pushed_ranks:
+            self.pushed_ranks.add(rank)
+            self.logger.info("first gradient from worker %d (%d workers heard from)", rank, len(self.pushed_ranks))
         if not self.stopping:
             learner = self.learner
             staleness = learner.updates - version

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-STATUS = ("updates", "images", "epoch", "lr", "rejected", "done", "val_dice", "val_updates", "img_steps_per_s")
+STATUS = ("updates", "images", "epoch", "lr", "rejected", "done", "val_dice", "val_updates", "img_steps_per_s",
+          "workers_ready")
 
 
 def status_index(name: str) -> int:
