@@ -49,10 +49,10 @@ def preprocess_info(store: SliceStore) -> dict:
 
 
 def progress_postfix(status, workers: int) -> dict:
-    """The progress bar's fields from the shared counters (``status.get(name)``): epoch, rate,
-    validation Dice once measured, and ``warm-up: k/N`` until every worker has pushed a gradient
-    (the first gradient waits for the device's warm-up, which can take minutes with many CUDA
-    workers on one GPU)."""
+    """The progress bar's fields from the shared counters (``status.get(name)``): epoch, rate, the
+    last validation Dice once measured, and ``warm-up`` (``k/N workers``) until every worker has
+    pushed a gradient: the first gradient waits for each worker's start-up, minutes for a large
+    network on a CPU, and an unmeasured time for many CUDA workers on one GPU."""
     post = {"epoch": f"{status.get('epoch'):.2f}", "img-steps/s": f"{status.get('img_steps_per_s'):.1f}"}
     ready = int(status.get("workers_ready"))
     if ready < workers:
