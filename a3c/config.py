@@ -77,6 +77,8 @@ class OptimConfig:
     lr_step_epochs: float = _f(25.0, "epochs (training slices seen / train size) between LR decays")
     grad_clip: float = _f(0.0, "clip the global gradient norm to this; 0 = off")
     adam_eps: float = _f(1e-8, "Adam epsilon")
+    staleness_lr: bool = _f(False, "divide the LR of a gradient computed k updates ago by max(1, k) "
+                                   "(staleness-aware asynchronous SGD)")
 
 
 @dataclass

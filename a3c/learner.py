@@ -28,8 +28,9 @@ def lr_at(cfg: OptimConfig, epoch: float) -> float:
 class Learner:
     """Owns the model bound to ``theta`` [P], the Adam state and the counters.
 
-    ``apply(grad [P], n_images)`` rejects non-finite gradients (counted in ``rejected``), clips
-    the global norm when ``grad_clip`` > 0, sets the LR for the current epoch and steps Adam.
+    ``apply(grad [P], n_images, staleness=k)`` rejects non-finite gradients (counted in
+    ``rejected``), clips the global norm when ``grad_clip`` > 0, sets the LR for the current epoch
+    (divided by the gradient's staleness with ``staleness_lr``) and steps Adam.
     """
 
     def __init__(self, model: PixelDRLNet, theta: torch.Tensor, cfg: OptimConfig, n_train: int):
@@ -51,8 +52,14 @@ class Learner:
     def lr(self) -> float:
         return lr_at(self.cfg, self.epoch)
 
-    def apply(self, grad: torch.Tensor, n_images: int, before_write=None, after_write=None) -> bool:
-        """One Adam step with ``grad`` [P]; returns False (and changes nothing) if it is not finite."""
+    def step_lr(self, staleness: int) -> float:
+        """The LR of one step: the schedule's, divided by ``max(1, staleness)`` when
+        ``staleness_lr`` is on (a gradient computed ``staleness`` updates ago)."""
+        return self.lr / max(1, staleness) if self.cfg.staleness_lr else self.lr
+
+    def apply(self, grad: torch.Tensor, n_images: int, before_write=None, after_write=None, staleness: int = 0) -> bool:
+        """One Adam step with ``grad`` [P], computed on the parameters of ``staleness`` updates ago;
+        returns False (and changes nothing) if it is not finite."""
         if not bool(torch.isfinite(grad).all()):
             self.rejected += 1
             return False
@@ -63,7 +70,7 @@ class Learner:
             self.grad.mul_(torch.clamp(self.cfg.grad_clip / (norm + 1e-6), max=1.0))
         if before_write:
             before_write()
-        self.optimizer.step(self.grad, self.lr)
+        self.optimizer.step(self.grad, self.step_lr(staleness))
         if after_write:
             after_write()
         self.updates += 1

@@ -134,6 +134,18 @@ def test_one_worker_equals_sequential_reference_updates(tiny_store, tmp_path):
     assert served["counters"]["images"] == learner.images
 
 
+@pytest.mark.parametrize("on, staleness, step", [(True, 4, 0.25), (True, 1, 1.0), (True, 0, 1.0), (False, 4, 1.0)])
+def test_staleness_lr_divides_the_step_by_the_gradients_staleness(on, staleness, step):
+    """Adam's first step moves every parameter by lr * g / (|g| + eps), i.e. by lr for g = 1; with
+    ``staleness_lr`` a gradient ``k`` updates old moves it by lr / k."""
+    cfg = load_config(SMOKE, [f"optim.staleness_lr={str(on).lower()}", "optim.lr=0.01"])
+    model = build_model(cfg.model, 1)
+    learner = Learner(model, torch.zeros(numel(model)), cfg.optim, 10)
+    before = flatten(model).clone()
+    assert learner.apply(torch.ones(numel(model)), 2, staleness=staleness)
+    assert torch.allclose(flatten(model) - before, torch.full((numel(model),), -0.01 * step), rtol=1e-4, atol=1e-7)
+
+
 def test_learner_rejects_non_finite_gradients():
     cfg = load_config(SMOKE)
     model = build_model(cfg.model, 1)

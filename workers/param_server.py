@@ -135,7 +135,7 @@ class ParamServer:
         if not self.stopping:
             learner = self.learner
             staleness = learner.updates - version
-            if learner.apply(grad, n_images, self.before_write, self.after_write):
+            if learner.apply(grad, n_images, self.before_write, self.after_write, staleness):
                 self.log.add(stats, staleness)
                 if learner.updates in (1, 10, 100):
                     self.logger.info("update %d applied", learner.updates)
