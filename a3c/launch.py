@@ -126,6 +126,26 @@ def resolve(args: argparse.Namespace) -> tuple[Config, dict | None, Path]:
     return cfg, resume, run
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def oversubscribed(workers: int, threads: int, cores: int) -> str | None:
+    """The warning for CPU workers that outnumber the cores, else None.
+
+    More workers than cores add no throughput, only staleness: with N workers in turn each
+    gradient is about N - 1 updates old when the server applies it."""
+    if workers * threads <= cores:
+        return None
+    return (f"warning: {workers} workers x {threads} thread(s) on {cores} CPU core(s) train no faster than "
+            f"{max(1, cores // threads)}, and each gradient arrives about {workers - 1} updates stale, which "
+            f"trained worse here (README, \"Workers and staleness\"); consider --workers {max(1, cores // threads)}")
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -166,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         (run / "meta.json").write_text(json.dumps(meta, indent=1))
         print(f"run {run}: {args.workers} workers on {device}, data {data} "
               f"(train {len(store.indices(cfg.data.train_split))} slices), tensorboard --logdir {run}", file=sys.stderr)
+        if device.type == "cpu" and args.backend == "local":
+            warning = oversubscribed(args.workers, cfg.train.threads_per_worker, usable_cores())
+            if warning:
+                print(warning, file=sys.stderr)
         launcher = launcher_cls(args, cfg, store, run.resolve(), device, resume)
         launcher.start()
         t0 = time.monotonic()

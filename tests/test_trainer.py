@@ -290,3 +290,13 @@ def test_progress_bar_shows_warm_up_until_every_worker_has_pushed():
     assert progress_postfix(status, 8)["warm-up"] == "3/8 workers"
     status.update(workers_ready=8, val_updates=40, val_dice=0.71234)
     assert progress_postfix(status, 8) == {"epoch": "0.50", "img-steps/s": "12.3", "val_dice": "0.7123"}
+
+
+def test_more_cpu_workers_than_cores_gets_a_warning():
+    from a3c.launch import oversubscribed
+
+    assert oversubscribed(2, 1, 2) is None and oversubscribed(4, 2, 8) is None
+    msg = oversubscribed(8, 1, 2)
+    assert msg.startswith("warning: 8 workers x 1 thread(s) on 2 CPU core(s)")
+    assert "about 7 updates stale" in msg and msg.endswith("consider --workers 2")
+    assert oversubscribed(3, 2, 4).endswith("consider --workers 2")
