@@ -25,10 +25,12 @@ def launch_args(store, run_dir, workers=2, *overrides):
             "--run-dir", str(run_dir), "--device", "cpu", "--no-progress", *overrides]
 
 
-def start_launch(store, run_dir, workers=2, *overrides, env=None) -> subprocess.Popen:
+def start_launch(store, run_dir, workers=2, *overrides, env=None, own_group=False) -> subprocess.Popen:
+    """The launcher in a subprocess; ``own_group``: in a process group of its own (for killpg)."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.Popen([sys.executable, *launch_args(store, run_dir, workers, *overrides)], cwd=ROOT,
-                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=own_group)
 
 
 def child_pids(run_dir: Path) -> dict[str, int]:
@@ -237,6 +239,26 @@ def test_ctrl_c_writes_checkpoint_and_leaves_nothing(tiny_store, tmp_path):
     leftovers = {f for f in set(os.listdir("/dev/shm")) - shm_before
                  if "torch" in f or f.startswith(("psm_", "mp-", "sem.mp-"))}
     assert not leftovers
+
+
+def test_sigterm_to_the_whole_process_group_still_writes_the_final_checkpoint(tiny_store, tmp_path):
+    """``timeout``, Slurm and ``kill -- -PGID`` signal every process of the run at once: the children
+    must leave the orderly stop to the launcher instead of dying before the server's last checkpoint."""
+    run = tmp_path / "run"
+    proc = start_launch(tiny_store, run, 2, "train.max_updates=100000", own_group=True)
+    try:
+        latest = run / "checkpoints" / "latest.pt"
+        wait_for(lambda: latest.exists() and updates_in(latest) > 0 and len(child_pids(run)) == 4,
+                 what="a running trainer")
+        pids = child_pids(run)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "checkpoint (stop requested)" in (run / "logs" / "server.log").read_text()
+    assert not [name for name, pid in pids.items() if alive(pid)]
+    assert updates_in(latest) > 0
 
 
 def test_launcher_sigkill_then_resume_continues(tiny_store, tmp_path):

@@ -1,8 +1,10 @@
 """What every child process does first and last: signals, threads, logging, error reports.
 
 ``run_child(name, fn, log_dir, threads, *args)`` is the target of every spawned process:
-it dies with the launcher (``PR_SET_PDEATHSIG``), ignores SIGINT (the launcher turns Ctrl-C into
-an orderly stop), sets the torch thread count, logs to ``log_dir/<name>.log``, writes its Python
+it dies with the launcher (``PR_SET_PDEATHSIG``), ignores SIGINT and SIGTERM (the launcher turns
+them into an orderly stop; a terminal's Ctrl-C, ``timeout`` and Slurm signal every process of the
+run at once, and a child that died of them would miss the server's last checkpoint; the launcher
+ends its children with SIGKILL), sets the torch thread count, logs to ``log_dir/<name>.log``, writes its Python
 stacks there on SIGUSR1, and on an
 exception logs the traceback, writes its last line to ``log_dir/<name>.err`` for the launcher's
 message, and re-raises (exit code 1). KeyboardInterrupt is a clean exit.
@@ -70,6 +72,7 @@ def dump_stacks_on_sigusr1(logger: logging.Logger) -> None:
 def run_child(name: str, fn: Callable, log_dir: str, threads: int, *args) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     set_threads(threads)
     logger = setup_logging(name, Path(log_dir))
     dump_stacks_on_sigusr1(logger)

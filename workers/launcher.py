@@ -217,7 +217,7 @@ class Launcher:
             p.join(max(0.0, deadline - time.monotonic()))
         for p in self.workers.values():
             if p.is_alive():
-                p.terminate()
+                p.kill()  # children ignore SIGTERM (workers.common)
         try:
             self.ctrl.send(("exit",))
         except OSError:
@@ -246,13 +246,8 @@ class Launcher:
             time.sleep(0.05)
 
     def kill_all(self) -> None:
-        procs = [p for p in [self.server, self.monitor, *self.workers.values()] if p is not None]
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        deadline = time.monotonic() + 1.0
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-            if p.is_alive():
+        """SIGKILL every child still alive (they ignore SIGTERM) and reap it."""
+        for p in [self.server, self.monitor, *self.workers.values()]:
+            if p is not None and p.is_alive():
                 p.kill()
                 p.join(1.0)

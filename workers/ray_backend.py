@@ -302,7 +302,7 @@ class RayLauncher(Launcher):
     def kill_all(self) -> None:
         ray = getattr(self, "ray", None)
         if self.monitor is not None and self.monitor.is_alive():
-            self.monitor.terminate()
+            self.monitor.kill()  # it ignores SIGTERM (workers.common)
             self.monitor.join(1.0)
         if ray is None:
             return
