@@ -141,9 +141,10 @@ def oversubscribed(workers: int, threads: int, cores: int) -> str | None:
     gradient is about N - 1 updates old when the server applies it."""
     if workers * threads <= cores:
         return None
-    return (f"warning: {workers} workers x {threads} thread(s) on {cores} CPU core(s) train no faster than "
-            f"{max(1, cores // threads)}, and each gradient arrives about {workers - 1} updates stale, which "
-            f"trained worse here (README, \"Workers and staleness\"); consider --workers {max(1, cores // threads)}")
+    fit = max(1, cores // threads)
+    return (f"warning: {workers} workers x {threads} thread(s) on {cores} CPU core(s) train no faster than {fit}, "
+            f"and each gradient arrives about {workers - 1} updates stale, which trained worse here "
+            f"(README, \"Workers and staleness\"); consider --workers {fit}")
 
 
 def _interrupt(signum, frame):

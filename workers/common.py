@@ -1,13 +1,13 @@
 """What every child process does first and last: signals, threads, logging, error reports.
 
 ``run_child(name, fn, log_dir, threads, *args)`` is the target of every spawned process:
-it dies with the launcher (``PR_SET_PDEATHSIG``), ignores SIGINT and SIGTERM (the launcher turns
-them into an orderly stop; a terminal's Ctrl-C, ``timeout`` and Slurm signal every process of the
-run at once, and a child that died of them would miss the server's last checkpoint; the launcher
-ends its children with SIGKILL), sets the torch thread count, logs to ``log_dir/<name>.log``, writes its Python
-stacks there on SIGUSR1, and on an
-exception logs the traceback, writes its last line to ``log_dir/<name>.err`` for the launcher's
-message, and re-raises (exit code 1). KeyboardInterrupt is a clean exit.
+it dies with the launcher (``PR_SET_PDEATHSIG``); it ignores SIGINT and SIGTERM, which the
+launcher turns into an orderly stop (a terminal's Ctrl-C, ``timeout`` and Slurm signal every
+process of the run at once, and a child that died of them would miss the server's last
+checkpoint; the launcher ends its children with SIGKILL); it sets the torch thread count, logs
+to ``log_dir/<name>.log``, writes its Python stacks there on SIGUSR1, and on an exception logs
+the traceback, writes its last line to ``log_dir/<name>.err`` for the launcher's message, and
+re-raises (exit code 1). KeyboardInterrupt is a clean exit.
 """
 from __future__ import annotations
 
