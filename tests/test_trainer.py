@@ -63,6 +63,14 @@ def wait_for(cond, timeout=60.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def wait_until_training(run: Path) -> dict[str, int]:
+    """Wait for a 2-worker run's checkpoint with updates and all four children; their pids."""
+    latest = run / "checkpoints" / "latest.pt"
+    wait_for(lambda: latest.exists() and updates_in(latest) > 0 and len(child_pids(run)) == 4,
+             what="a running trainer")
+    return child_pids(run)
+
+
 def updates_in(path: Path) -> int:
     return int(load_checkpoint(path)["counters"]["updates"])
 
@@ -213,10 +221,7 @@ def test_ctrl_c_writes_checkpoint_and_leaves_nothing(tiny_store, tmp_path):
     run = tmp_path / "run"
     proc = start_launch(tiny_store, run, 2, "train.max_updates=100000")
     try:
-        latest = run / "checkpoints" / "latest.pt"
-        wait_for(lambda: latest.exists() and updates_in(latest) > 0 and len(child_pids(run)) == 4,
-                 what="a running trainer")
-        pids = child_pids(run)
+        pids = wait_until_training(run)
         # SIGUSR1 makes a child write its Python stacks into its log (for finding where a run hangs)
         os.kill(pids["worker0"], signal.SIGUSR1)
         log0 = run / "logs" / "worker0.log"
@@ -248,9 +253,7 @@ def test_sigterm_to_the_whole_process_group_still_writes_the_final_checkpoint(ti
     proc = start_launch(tiny_store, run, 2, "train.max_updates=100000", own_group=True)
     try:
         latest = run / "checkpoints" / "latest.pt"
-        wait_for(lambda: latest.exists() and updates_in(latest) > 0 and len(child_pids(run)) == 4,
-                 what="a running trainer")
-        pids = child_pids(run)
+        pids = wait_until_training(run)
         os.killpg(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:
