@@ -1,83 +1,98 @@
 #!/usr/bin/env bash
-# The GPU session's prepared calls: CUDA tests, then the throughput figures of docs/PERFORMANCE.md.
+# One GPU session's prepared call: the figures of docs/PERFORMANCE.md ("CUDA") and the CUDA tests.
 #
-#   PART=1 bash bench/gpu_check.sh     # CUDA tests, the 8-worker trainer, the batched reference (at most ~8 min)
-#   PART=2 bash bench/gpu_check.sh     # the 8-worker trainer under MPS, torch.compile, memory against t_max (~9 min)
+#   BUDGET_S=540 bash bench/gpu_check.sh
 #
-# Every step has its own time limit, so one that hangs cannot eat the others' time; part 1 holds
-# what is still unknown first (the 8-worker trainer), part 2 the rest. An 8-worker run still going
-# after STACKS_AFTER seconds gets SIGUSR1, so each child's Python stacks land in its log and are
-# printed. Environment: OUT (results folder, default /tmp/gpu_check), DEVICE (cuda), CONFIG
-# (configs/paper.yaml), SIZE (256), UPDATES (async updates, default 120), PEAK (bf16 TFLOP/s for
-# the MFU, default 790), STACKS_AFTER (150), PART (1, 2 or all, default all).
+# Steps, most wanted first, each with its own time limit, cut short so that the whole script ends
+# within BUDGET_S seconds (a step that would get less than its minimum is skipped and says so):
+#   1. async8        the 8-worker trainer (batch 2 each, the paper network at SIZE), channels-last
+#   2. batched16     the single-process batched reference at the same total batch (16)
+#   3. tests         tests/test_cuda.py and the real-MPS test of tests/test_mps.py
+#   4. async8_mps    the 8-worker trainer under a private MPS daemon (a3c.launch --mps)
+#   5. batched16_compile   the batched reference with train.compile=true
+# An 8-worker run still going after STACKS_AFTER seconds gets SIGUSR1, so each child's Python
+# stacks land in its log and are printed. During each 8-worker run nvidia-smi samples the GPU's
+# utilisation every 5 s. Logs go to WORK; what comes back from a lent machine goes to OUT (at most
+# a few files): bench.jsonl (one JSON line per measurement, tagged with its step) and logs.tgz
+# (every log, the runs' TensorBoard files and logs, no checkpoints).
+# Environment: OUT (default /tmp/gpu_check_out), WORK (/tmp/gpu_check), DEVICE (cuda), CONFIG
+# (configs/paper.yaml), SIZE (256), UPDATES (async updates, 160), PEAK (bf16 TFLOP/s for the
+# MFU, 790), STACKS_AFTER (150), BUDGET_S (540).
 set -u
-OUT=${OUT:-/tmp/gpu_check}
+T0=$SECONDS
+BUDGET_S=${BUDGET_S:-540}
+OUT=${OUT:-/tmp/gpu_check_out}
+WORK=${WORK:-/tmp/gpu_check}
 DEVICE=${DEVICE:-cuda}
 CONFIG=${CONFIG:-configs/paper.yaml}
 SIZE=${SIZE:-256}
-UPDATES=${UPDATES:-120}
+UPDATES=${UPDATES:-160}
 PEAK=${PEAK:-790}
-STACKS_AFTER=${STACKS_AFTER:-150}  # seconds into an 8-worker run before its children dump their stacks
-mkdir -p "$OUT"
+STACKS_AFTER=${STACKS_AFTER:-150}
+mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 J="$OUT/bench.jsonl"
+: >"$J"
 
-step() {  # step NAME LIMIT_S COMMAND...: run with a limit, log to $OUT/NAME.log, report the exit code
-  local name=$1 limit=$2
-  shift 2
-  local t0=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  echo "== $name: rc=$rc, $((SECONDS - t0)) s"
-  tail -n 3 "$OUT/$name.log"
+pack() {  # the logs so far, into OUT (after every step: a call cut short still returns them)
+  tar czf "$OUT/logs.tgz" --exclude='*.pt' -C "$(dirname "$WORK")" "$(basename "$WORK")" 2>/dev/null
 }
 
-async8() {  # async8 NAME [ARGS]: the 8-worker trainer (logs kept in $OUT/runs/async-w8); if it still runs after
-  # STACKS_AFTER s, its spawned children get SIGUSR1 and write their Python stacks into their logs
-  # (workers.common); then its warm-up lines and the head of any stack dump are printed
-  (sleep "$STACKS_AFTER"; pkill -USR1 -f "multiprocessing.spawn import spawn_main") &
-  local stacks=$!
+step() {  # step NAME CAP MIN COMMAND...: run with min(CAP, time left) as limit, log to WORK/NAME.log
+  local name=$1 cap=$2 min=$3
+  shift 3
+  local left=$((BUDGET_S - (SECONDS - T0) - 5))
+  local limit=$((cap < left ? cap : left))
+  if [ "$limit" -lt "$min" ]; then
+    echo "== $name: skipped, ${left} s left of the budget (needs ${min})"
+    return
+  fi
+  local t0=$SECONDS
+  timeout -k 5 "$limit" "$@" >"$WORK/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc, $((SECONDS - t0)) s (limit ${limit} s; ${SECONDS} s into the script)"
+  tail -n 4 "$WORK/$name.log"
+  grep '^{' "$WORK/$name.log" | sed "s/^{/{\"step\": \"$name\", /" >>"$J"
+  pack
+}
+
+async8() {  # async8 NAME [ARGS]: the 8-worker trainer, its run kept in WORK/runs/NAME
   local name=$1
   shift
-  step "$name" 200 "${B[@]}" --keep-runs "$OUT/runs" --modes async --workers 8 --updates "$UPDATES" "$@"
-  kill "$stacks" 2>/dev/null
-  local run="$OUT/runs/async-w8"
-  grep -h -E "first gradient|update (1|10|100) applied" "$run"/logs/*.log 2>/dev/null | sort | cut -c12-
+  (sleep "$STACKS_AFTER"; pkill -USR1 -f "multiprocessing.spawn import spawn_main") &
+  local stacks=$!
+  local smi=""
+  if [ "$DEVICE" = cuda ]; then
+    nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,clocks.sm --format=csv,noheader -l 5 \
+      >"$WORK/$name.smi.csv" 2>&1 &
+    smi=$!
+  fi
+  step "$name" 200 60 "${B[@]}" --keep-runs "$WORK/runs/$name" --modes async --workers 8 --updates "$UPDATES" "$@"
+  pkill -P "$stacks" sleep 2>/dev/null  # the timer's sleep, so that it cannot signal a later step's children
+  kill "$stacks" $smi 2>/dev/null
+  local run="$WORK/runs/$name/async-w8"
+  grep -h -E "first gradient|update (1|10|100) applied|MPS" "$run"/logs/*.log 2>/dev/null | sort | cut -c12- | head -24
+  [ -n "$smi" ] && { echo "-- GPU utilisation %, every 5 s:"; cut -d, -f2 "$WORK/$name.smi.csv" | tr -d ' %' | tr '\n' ' '; echo; }
   for f in "$run"/logs/*.log; do
     grep -q "most recent call first" "$f" 2>/dev/null && { echo "-- stacks of $(basename "$f" .log):"; grep -A14 "most recent call first" "$f" | grep -v site-packages/torch/nn | head -16; }
   done
+  pack
 }
 
 if [ "$DEVICE" = cuda ]; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee "$WORK/gpu.txt"
+  echo "nvidia-cuda-mps-control: $(command -v nvidia-cuda-mps-control || echo 'not on PATH')"
 fi
 $PY -c "import torch, h5py, yaml, skimage, tensorboard; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
-PART=${PART:-all}
 B=($PY bench/throughput.py --config "$CONFIG" --size "$SIZE" --device "$DEVICE" --peak-tflops "$PEAK" --batch 2 --t-max 10)
-if [ "$PART" = 1 ] || [ "$PART" = all ]; then
-  step tests_cuda 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
-  # the trainer: 8 workers of batch 2, channels-last; its logs show each worker's time to its first gradient
-  async8 async8
-  # the batched reference at the 8-worker batch (16), channels-last
-  step batched16_cl 120 "${B[@]}" --modes batched --workers 8 --updates 64
-fi
-if [ "$PART" = 2 ] || [ "$PART" = all ]; then
-  # the same under a private MPS daemon (a3c.launch --mps); its logs land in the run's logs/mps
-  mv "$OUT/runs/async-w8" "$OUT/runs/async-w8-nomps" 2>/dev/null
-  async8 async8_mps --mps
-  grep -h "MPS" "$OUT/async8_mps.log" "$OUT"/runs/async-w8/logs/mps/*.log 2>/dev/null | tail -n 5
-  step batched16_compile 200 "${B[@]}" --modes batched --workers 8 --updates 64 train.compile=true
-  # memory against t_max in one-step mode, one process of batch 2
-  step mem_tmax2 60 "${B[@]}" --modes batched --workers 1 --updates 6 --t-max 2
-  step mem_tmax10 60 "${B[@]}" --modes batched --workers 1 --updates 6
-fi
+async8 async8
+step batched16 120 40 "${B[@]}" --modes batched --workers 8 --updates 64
+step tests 150 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_mps.py::test_real_mps_serves_a_short_cuda_run
+async8 async8_mps --mps
+step batched16_compile 200 90 "${B[@]}" --modes batched --workers 8 --updates 64 train.compile=true
 
-# the JSON lines, one per measurement, tagged with the step that printed them
-for f in "$OUT"/async8*.log "$OUT"/batched16_*.log "$OUT"/mem_*.log; do
-  [ -f "$f" ] || continue
-  grep '^{' "$f" | sed "s/^{/{\"step\": \"$(basename "$f" .log)\", /" >>"$J"
-done
-echo "== results ($J)"
-cat "$J" 2>/dev/null
+echo "== results ($J), $((SECONDS - T0)) s in all"
+cat "$J"
+pack
