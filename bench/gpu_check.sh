@@ -10,6 +10,7 @@
 #   3. tests         tests/test_cuda.py and the real-MPS test of tests/test_mps.py
 #   4. async8_mps    the 8-worker trainer under a private MPS daemon (a3c.launch --mps)
 #   5. batched16_compile   the batched reference with train.compile=true
+# (STEPS picks and orders them; batched2, one process of batch 2, is there too.)
 # An 8-worker run still going after STACKS_AFTER seconds gets SIGUSR1, so each child's Python
 # stacks land in its log and are printed. During each 8-worker run nvidia-smi samples the GPU's
 # utilisation every 5 s. Logs go to WORK; what comes back from a lent machine goes to OUT (at most
@@ -17,7 +18,8 @@
 # (every log, the runs' TensorBoard files and logs, no checkpoints).
 # Environment: OUT (default /tmp/gpu_check_out), WORK (/tmp/gpu_check), DEVICE (cuda), CONFIG
 # (configs/paper.yaml), SIZE (256), UPDATES (async updates, 160), PEAK (bf16 TFLOP/s for the
-# MFU, 790), STACKS_AFTER (150), BUDGET_S (540).
+# MFU, 790), STACKS_AFTER (150), BUDGET_S (540), STEPS, TESTS (the pytest arguments), EXTRA
+# (overrides added to every measurement).
 set -u
 T0=$SECONDS
 BUDGET_S=${BUDGET_S:-540}
@@ -29,6 +31,9 @@ SIZE=${SIZE:-256}
 UPDATES=${UPDATES:-160}
 PEAK=${PEAK:-790}
 STACKS_AFTER=${STACKS_AFTER:-150}
+STEPS=${STEPS:-async8 batched16 tests async8_mps batched16_compile}
+TESTS=${TESTS:-tests/test_cuda.py tests/test_mps.py::test_real_mps_serves_a_short_cuda_run}
+EXTRA=${EXTRA:-}  # config overrides for every measurement, e.g. train.cudnn_benchmark=true
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
@@ -87,11 +92,17 @@ fi
 $PY -c "import torch, h5py, yaml, skimage, tensorboard; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
 B=($PY bench/throughput.py --config "$CONFIG" --size "$SIZE" --device "$DEVICE" --peak-tflops "$PEAK" --batch 2 --t-max 10)
-async8 async8
-step batched16 120 40 "${B[@]}" --modes batched --workers 8 --updates 64
-step tests 150 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_mps.py::test_real_mps_serves_a_short_cuda_run
-async8 async8_mps --mps
-step batched16_compile 200 90 "${B[@]}" --modes batched --workers 8 --updates 64 train.compile=true
+for s in $STEPS; do
+  case $s in
+    async8) async8 async8 $EXTRA ;;
+    batched16) step batched16 120 40 "${B[@]}" --modes batched --workers 8 --updates 64 $EXTRA ;;
+    batched2) step batched2 90 30 "${B[@]}" --modes batched --workers 1 --updates 12 $EXTRA ;;
+    tests) step tests 150 40 $PY -m pytest -q -p no:cacheprovider $TESTS ;;
+    async8_mps) async8 async8_mps --mps $EXTRA ;;
+    batched16_compile) step batched16_compile 200 90 "${B[@]}" --modes batched --workers 8 --updates 64 train.compile=true $EXTRA ;;
+    *) echo "== $s: no such step" ;;
+  esac
+done
 
 echo "== results ($J), $((SECONDS - T0)) s in all"
 cat "$J"

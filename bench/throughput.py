@@ -8,9 +8,9 @@
 For each worker count W it prints one JSON line per mode:
 
 * ``async``: the real trainer (``python -m a3c.launch --backend BACKEND``) with W workers of batch B on a
-  synthetic store of S x S slices, one torch thread per worker; image-steps/s is the median of
-  the server's ``charts/img_steps_per_s`` after the first quarter of the run; memory is the
-  largest worker peak (RSS; CUDA allocated memory on a GPU) from the workers' logs.
+  synthetic store of S x S slices, one torch thread per worker; image-steps/s is the updates
+  applied from the first quarter of the run to its end over the time between (``steady_rate``);
+  memory is the largest worker peak (RSS; CUDA allocated memory on a GPU) from the workers' logs.
 * ``batched``: one process running ``reference_update`` on batches of W * B with W threads, the
   same total work per update, the same cores, and ``updates / W`` updates (the same images).
 
@@ -27,7 +27,6 @@ import json
 import os
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,7 +89,29 @@ def batched(cfg, store_path: str, workers: int, updates: int, device: str) -> di
     return {"img_steps_per_s": updates * batch * cfg.env.t_max / dt, "updates_per_s": updates / dt, "peak_mem_mib": mem}
 
 
-def run_async(args, store_path: str, workers: int, overrides: list[str]) -> dict:
+def steady_rate(flushes: list[tuple[int, float, float]], start: int, img_steps_per_update: int) -> float:
+    """Image-steps/s after update ``start``, from the server's log flushes [(updates, wall time s,
+    logged img-steps/s)].
+
+    The counters at a flush are exact at its time, so the rate between the first flush at or past
+    ``start`` and the first flush at the final count is exact up to the flush interval (2 s) at
+    the end. Workers that push in bursts (all at once, then none for seconds) make a median of
+    per-interval rates meaningless; this is not affected. A run too short to have two flushes
+    from ``start`` on is measured from its first flush; one with a single flush gets that flush's
+    logged rate (its whole run, warm-up included); 0.0 without flushes.
+    """
+    final = max((u for u, _, _ in flushes), default=0)
+    for first in (start, 0):
+        after = sorted((t, u) for u, t, _ in flushes if u >= first)
+        if after:
+            t0, u0 = after[0]
+            t1 = min(t for t, u in after if u == final)
+            if t1 > t0 and final > u0:
+                return (final - u0) * img_steps_per_update / (t1 - t0)
+    return flushes[-1][2] if flushes else 0.0
+
+
+def run_async(args, cfg, store_path: str, workers: int, overrides: list[str]) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,7 +121,7 @@ def run_async(args, store_path: str, workers: int, overrides: list[str]) -> dict
         cmd = [sys.executable, "-m", "a3c.launch", "--workers", str(workers), "--data", store_path,
                "--run-dir", run, "--device", args.device, "--no-progress", "--backend", args.backend,
                *(["--mps"] if args.mps else []),  # before the overrides: argparse takes no flag among them
-               f"train.max_updates={args.updates}", "train.checkpoint_interval_s=100000", *overrides]
+               *overrides, f"train.max_updates={args.updates}", "train.checkpoint_interval_s=100000"]
         if args.config:
             cmd[3:3] = ["--config", args.config]
         t0 = time.perf_counter()
@@ -112,23 +133,21 @@ def run_async(args, store_path: str, workers: int, overrides: list[str]) -> dict
                 print(line, file=sys.stderr)
         if res.returncode != 0:
             raise SystemExit(f"async run failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
-        rates = []
+        flushes = []
         for ev in Path(run, "tb").glob("events.*"):
             acc = EventAccumulator(str(ev), size_guidance={"scalars": 0})
             acc.Reload()
             if "charts/img_steps_per_s" in acc.Tags()["scalars"]:
-                rates = [(e.step, e.value) for e in acc.Scalars("charts/img_steps_per_s")]
-        steady = [v for s, v in rates if s >= args.updates // 4 and v > 0] or [v for _, v in rates]
+                flushes = [(e.step, e.wall_time, e.value) for e in acc.Scalars("charts/img_steps_per_s")]
         mems = []
         for log in Path(run, "logs").glob("worker*.log"):
             for line in log.read_text().splitlines():
                 key = "peak_cuda_mib=" if args.device == "cuda" else "peak_rss_mib="
                 if key in line:
                     mems.append(float(line.split(key)[1].split()[0]))
-    rate = statistics.median(steady) if steady else 0.0
-    t_max = load_config(args.config, overrides).env.t_max
-    batch = load_config(args.config, overrides).train.batch_size
-    return {"img_steps_per_s": rate, "updates_per_s": rate / (t_max * batch), "peak_mem_mib": max(mems) if mems else None,
+    per_update = cfg.env.t_max * cfg.train.batch_size
+    rate = steady_rate(flushes, args.updates // 4, per_update)
+    return {"img_steps_per_s": rate, "updates_per_s": rate / per_update, "peak_mem_mib": max(mems) if mems else None,
             "wall_s": round(wall, 1)}
 
 
@@ -182,7 +201,7 @@ def main() -> int:
                         raise SystemExit(res.stderr.strip().splitlines()[-1])
                     m = json.loads(res.stdout.strip().splitlines()[-1])
                 else:
-                    m = run_async(args, store, w, overrides)
+                    m = run_async(args, cfg, store, w, overrides)
                 line = {"mode": mode, "workers": w, "batch": cfg.train.batch_size, "t_max": cfg.env.t_max,
                         "size": args.size, "device": args.device, "rollout": cfg.train.rollout,
                         "img_steps_per_s": round(m["img_steps_per_s"], 2), "updates_per_s": round(m["updates_per_s"], 3),

@@ -93,8 +93,9 @@ def test_cuda_onestep_gradient_equals_full(amp):
     assert rel_err(grads["onestep"], grads["full"]) < (5e-2 if amp else 1e-3)
 
 
-def host_syncs(fn) -> int:
-    """How many synchronising CUDA calls ``fn()`` makes (PyTorch's sync debug mode, as warnings)."""
+def host_syncs(fn) -> list[str]:
+    """The synchronising CUDA calls ``fn()`` makes (PyTorch's sync debug mode, as warnings), each as
+    ``file:line``."""
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
@@ -104,23 +105,29 @@ def host_syncs(fn) -> int:
             fn()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    return [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
 
 
 @needs_cuda
 @pytest.mark.parametrize("mode", ["full", "onestep"])
 def test_cuda_update_syncs_with_the_host_once_whatever_t_max(mode):
-    """The rollout's inner loop never waits for the GPU: one sync per update (the stats), for any t_max."""
-    counts = {}
+    """The rollout's inner loop never waits for the GPU: one sync per update (the stats), for any t_max.
+
+    Two warm-up updates, then the fewer syncs of two updates: a one-off lazy initialisation (one
+    H200 run saw a second sync once, in the first measured update of the process) is not the
+    inner loop, which would sync in every update, t_max times."""
+    counts, seen = {}, {}
     for t_max in (2, 6):
         cfg = load_config(SMOKE, [f"train.rollout={mode}", f"env.t_max={t_max}", "model.width=8", "model.head_channels=16"])
         model = tune_for_device(build_model(cfg.model, 1).cuda(), "cuda")
         x = torch.rand(2, 1, 48, 48, device="cuda")
         g = (torch.rand(2, 1, 48, 48, device="cuda") > 0.6).float()
         gen = torch.Generator(device="cuda").manual_seed(1)
-        reference_update(model, x, g, cfg, gen)  # warm-up: lazy initialisation may sync once
-        counts[t_max] = host_syncs(lambda: reference_update(model, x, g, cfg, gen))
-    assert counts[2] == counts[6] <= 1, counts
+        for _ in range(2):
+            reference_update(model, x, g, cfg, gen)
+        seen[t_max] = [host_syncs(lambda: reference_update(model, x, g, cfg, gen)) for _ in range(2)]
+        counts[t_max] = min(len(s) for s in seen[t_max])
+    assert counts[2] == counts[6] <= 1, seen
 
 
 @needs_cuda

@@ -2,12 +2,13 @@
 
 The stand-in records each call (arguments, the daemon folders it was given, the command on its
 stdin); FAKE_MPS says how it behaves. On a GPU machine with the real program, the last test runs
-a short CUDA training under it (skipped elsewhere), and bench/gpu_check.sh part 2 measures it.
+a short CUDA training under it (skipped elsewhere), and bench/gpu_check.sh measures it.
 """
 import os
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,16 @@ def calls(record: Path) -> list[str]:
     return record.read_text().splitlines()
 
 
+def quit_calls(record: Path, folder: Path | None = None, wait_s: float = 10.0) -> list[str]:
+    """The stand-in's calls once the detached quit has run (and removed ``folder``)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if record.exists() and calls(record)[-1].endswith("cmd=quit") and not (folder and folder.exists()):
+            break
+        time.sleep(0.05)
+    return calls(record)
+
+
 @pytest.mark.parametrize("mode, served", [("ok", "no process connected"), ("serve", "1 server(s) served this run")])
 def test_start_exports_the_folders_and_stop_undoes_it(fake, tmp_path, monkeypatch, mode, served):
     monkeypatch.setenv("FAKE_MPS", mode)
@@ -60,9 +71,10 @@ def test_start_exports_the_folders_and_stop_undoes_it(fake, tmp_path, monkeypatc
     keep.parent.mkdir(parents=True)
     said = stop_mps(mps, keep)
     assert served in said
-    assert all(k not in os.environ for k in ENV_KEYS) and not mps.folder.exists()
+    assert all(k not in os.environ for k in ENV_KEYS)
     assert (keep / "control.log").read_text() == "daemon started\n"
-    lines = calls(fake)
+    lines = quit_calls(fake, mps.folder)  # the quit is sent by a detached shell, which then removes the folder
+    assert not mps.folder.exists()
     assert [line.split(" pipe=")[0] for line in lines] == ["args=-d", "args=", "args=", "args="]
     assert [line.split("cmd=")[1] for line in lines] == ["", "get_server_list", "get_server_list", "quit"]
     assert all(f"pipe={pipe} log={log}" in line for line in lines)
@@ -114,7 +126,7 @@ def test_mps_without_a_gpu_stops_the_daemon_it_started(fake, tiny_store, tmp_pat
     assert res.returncode == 2 and "error: --mps: CUDA is not available on this machine" in res.stderr
     assert "MPS: a private daemon for this run, CUDA_MPS_PIPE_DIRECTORY=" in res.stderr
     assert "MPS: no process connected" in res.stderr
-    assert [line.split("cmd=")[1] for line in calls(fake)] == ["", "get_server_list", "get_server_list", "quit"]
+    assert [line.split("cmd=")[1] for line in quit_calls(fake)] == ["", "get_server_list", "get_server_list", "quit"]
     assert not (tmp_path / "run").exists()
 
 
@@ -136,3 +148,9 @@ def test_real_mps_serves_a_short_cuda_run(tiny_store, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "server(s) served this run" in res.stderr, res.stderr[-2000:]
     assert (run / "logs" / "mps" / "control.log").exists()
+    # once the launcher has exited, the daemon quits and its folder goes (the detached quit)
+    pipe = Path(res.stderr.split("CUDA_MPS_PIPE_DIRECTORY=")[1].split()[0])
+    deadline = time.monotonic() + 60
+    while pipe.parent.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not pipe.parent.exists(), "the MPS daemon did not quit after the run"

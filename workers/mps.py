@@ -6,9 +6,10 @@ time. ``start_mps`` starts ``nvidia-cuda-mps-control -d`` with its own temporary
 daemon's Unix socket path is limited in length) for its pipes and logs, checks that it answers,
 and sets ``CUDA_MPS_PIPE_DIRECTORY`` and ``CUDA_MPS_LOG_DIRECTORY`` in this process's environment,
 which every child spawned afterwards inherits: CUDA in those children connects to the daemon,
-which starts an MPS server for them. ``stop_mps`` says how many MPS servers served the run, quits
-the daemon, copies its logs to a folder of the run, restores the variables and removes the
-temporary folder.
+which starts an MPS server for them. ``stop_mps`` says how many MPS servers served the run,
+copies its logs to a folder of the run, restores the variables, and leaves a detached shell that
+quits the daemon (which waits for the run's last CUDA process, this one, to exit) and then
+removes the temporary folder.
 
 Start it before this process touches CUDA, so that it too is a client of the daemon.
 """
@@ -81,15 +82,21 @@ def start_mps(binary: str | None = None) -> PrivateMPS:
 
 
 def stop_mps(mps: PrivateMPS, keep_logs: Path | None = None) -> str:
-    """Quit the daemon and undo ``start_mps``, its logs copied into ``keep_logs`` where that folder's
-    parent exists; returns one line on how many MPS servers the daemon ran."""
+    """Undo ``start_mps`` and have the daemon quit once this process has exited; its logs so far
+    are copied into ``keep_logs`` where that folder's parent exists. Returns one line on how many
+    MPS servers the daemon ran.
+
+    The quit is sent by a detached shell that then removes the temporary folder: the daemon's
+    ``quit`` waits for every client to leave, and this process is one (it touched CUDA under the
+    daemon, for the test-set evaluation at least), so waiting for it here would wait for ever
+    (seen on an H200: "Server will not shutdown" until the control program's time limit).
+    """
     try:
         servers = mps.control("get_server_list").stdout.split()
-        mps.control("quit")
         said = (f"MPS: {len(servers)} server(s) served this run" if servers
                 else "MPS: no process connected to the daemon (the GPU ran without MPS)")
     except (OSError, subprocess.TimeoutExpired) as exc:
-        said = f"MPS: could not stop the daemon ({exc}); stop it with: echo quit | {CONTROL}"
+        said = f"MPS: the daemon did not answer ({exc}); if it still runs, stop it with: echo quit | {CONTROL}"
     if keep_logs is not None and keep_logs.parent.is_dir():
         shutil.copytree(mps.folder / "log", keep_logs, dirs_exist_ok=True)
     for k, v in (mps.previous or {}).items():
@@ -97,5 +104,10 @@ def stop_mps(mps: PrivateMPS, keep_logs: Path | None = None) -> str:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    shutil.rmtree(mps.folder, ignore_errors=True)
+    try:
+        subprocess.Popen(["sh", "-c", 'echo quit | "$0"; rm -rf "$1"', mps.binary, str(mps.folder)],
+                         env={**os.environ, **mps.env()}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
+        said += f"; could not ask the daemon to quit ({exc}): echo quit | {CONTROL}"
     return said
