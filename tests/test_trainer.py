@@ -325,3 +325,12 @@ def test_more_cpu_workers_than_cores_gets_a_warning():
     assert msg.startswith("warning: 8 workers x 1 thread(s) on 2 CPU core(s)")
     assert "about 7 updates stale" in msg and msg.endswith("consider --workers 2")
     assert oversubscribed(3, 2, 4).endswith("consider --workers 2")
+
+
+def test_shared_gpu_hint_names_what_is_missing():
+    from a3c.launch import shared_gpu_hint
+
+    assert shared_gpu_hint(1, False, False) is None and shared_gpu_hint(8, True, True) is None
+    assert "add --mps train.cudnn_benchmark=true (" in shared_gpu_hint(8, False, False)
+    assert "add --mps (" in shared_gpu_hint(2, False, True)
+    assert "add train.cudnn_benchmark=true (" in shared_gpu_hint(8, True, False)
