@@ -156,7 +156,7 @@ def shared_gpu_hint(workers: int, mps: bool, cudnn_benchmark: bool) -> str | Non
         return None
     missing = " ".join(x for x, on in (("--mps", mps), ("train.cudnn_benchmark=true", cudnn_benchmark)) if not on)
     return (f"hint: {workers} CUDA workers share one GPU; add {missing} (8 workers on an H200 ran 2.8x faster with "
-            f"both than with neither: docs/PERFORMANCE.md, \"CUDA\")")
+            f"both than with neither: docs/PERFORMANCE.md, \"The 8-worker trainer on the GPU\")")
 
 
 def _interrupt(signum, frame):
