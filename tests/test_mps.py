@@ -8,13 +8,12 @@ import os
 import shutil
 import stat
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import run_module
+from tests.conftest import run_module, wait_for
 from workers.mps import ENV_KEYS, MPSError, start_mps, stop_mps
 
 FAKE = """#!/bin/sh
@@ -51,13 +50,10 @@ def calls(record: Path) -> list[str]:
     return record.read_text().splitlines()
 
 
-def quit_calls(record: Path, folder: Path | None = None, wait_s: float = 10.0) -> list[str]:
+def quit_calls(record: Path, folder: Path | None = None) -> list[str]:
     """The stand-in's calls once the detached quit has run (and removed ``folder``)."""
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if record.exists() and calls(record)[-1].endswith("cmd=quit") and not (folder and folder.exists()):
-            break
-        time.sleep(0.05)
+    wait_for(lambda: record.exists() and calls(record)[-1].endswith("cmd=quit") and not (folder and folder.exists()),
+             timeout=10, what="the detached quit")
     return calls(record)
 
 
@@ -87,6 +83,7 @@ def test_stop_restores_variables_the_user_had(fake, monkeypatch):
     assert os.environ["CUDA_MPS_PIPE_DIRECTORY"] != "/users/own/pipe"
     stop_mps(mps)
     assert os.environ["CUDA_MPS_PIPE_DIRECTORY"] == "/users/own/pipe" and "CUDA_MPS_LOG_DIRECTORY" not in os.environ
+    quit_calls(fake, mps.folder)  # nothing of it left behind for the next test
 
 
 @pytest.mark.parametrize("mode, message", [
@@ -100,7 +97,7 @@ def test_a_daemon_that_fails_leaves_nothing(fake, monkeypatch, mode, message):
         start_mps()
     assert message in str(err.value)
     assert all(k not in os.environ for k in ENV_KEYS)
-    assert set(Path(tempfile.gettempdir()).glob("pixeldrl-mps-*")) == before
+    assert set(Path(tempfile.gettempdir()).glob("pixeldrl-mps-*")) - before == set()
 
 
 def test_missing_control_program_is_a_one_line_error(tiny_store, tmp_path):
@@ -150,7 +147,4 @@ def test_real_mps_serves_a_short_cuda_run(tiny_store, tmp_path):
     assert (run / "logs" / "mps" / "control.log").exists()
     # once the launcher has exited, the daemon quits and its folder goes (the detached quit)
     pipe = Path(res.stderr.split("CUDA_MPS_PIPE_DIRECTORY=")[1].split()[0])
-    deadline = time.monotonic() + 60
-    while pipe.parent.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not pipe.parent.exists(), "the MPS daemon did not quit after the run"
+    wait_for(lambda: not pipe.parent.exists(), what="the MPS daemon to quit after the run")

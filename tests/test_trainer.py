@@ -15,7 +15,7 @@ from a3c.config import load_config
 from a3c.learner import Learner, lr_at, train_single_process
 from a3c.model import build_model
 from a3c.params import flatten, numel
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, run_module, wait_for
 
 SMOKE = "configs/smoke.yaml"
 
@@ -52,15 +52,6 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
-
-
-def wait_for(cond, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_until_training(run: Path) -> dict[str, int]:
