@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from a3c.checkpoint import load_checkpoint
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, run_module, wait_for
 
 SMOKE = "configs/smoke.yaml"
 
@@ -87,6 +88,30 @@ def test_ray_worker_raising_repeatedly_stops_the_run_with_its_error(tiny_store, 
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: workers failed 3 times") and "RuntimeError: injected fault in worker" in last
     assert "injected fault" in (run / "logs" / "worker0.log").read_text()
+
+
+@needs_ray
+def test_ray_sigterm_to_the_launcher_writes_the_final_checkpoint(tiny_store, tmp_path):
+    """ray.init installs a SIGTERM handler that kills the driver outright; the launcher puts its own
+    back, so SIGTERM (a scheduler's stop) ends a Ray run in order, as on the local backend."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, *ray_args(tiny_store, run, 2, "train.max_updates=100000",
+                                                       "train.checkpoint_interval_s=1")],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        latest = run / "checkpoints" / "latest.pt"
+        wait_for(lambda: proc.poll() is not None or (latest.exists() and updates_in(latest) > 0), timeout=180,
+                 what="a Ray run with a checkpoint")
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: writing a final checkpoint" in err
+    assert "checkpoint (stop requested)" in (run / "logs" / "server.log").read_text()
 
 
 def free_port() -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import socket
 import traceback
 import uuid
@@ -175,6 +176,7 @@ class RayLauncher(Launcher):
         init = {"namespace": self.namespace, "runtime_env": runtime_env, "log_to_driver": False,
                 "logging_level": logging.WARNING, "configure_logging": True}
         address = self.args.ray_address
+        on_sigterm = signal.getsignal(signal.SIGTERM)  # ray.init puts its own, which kills this process outright
         try:
             if address:
                 ray.init(address=address, **init)
@@ -184,6 +186,8 @@ class RayLauncher(Launcher):
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
             raise RunError(f"could not {where}: {error_line(exc)}") from None
+        finally:
+            signal.signal(signal.SIGTERM, on_sigterm)
         self.ray = ray
         self.worker_options = {"num_cpus": threads, "scheduling_strategy": "SPREAD"}
         if self.device.type == "cuda":
