@@ -1,12 +1,10 @@
 """The throughput benchmark runs in CI-sized settings and prints comparable JSON lines."""
 import json
-from pathlib import Path
 
 import pytest
 
 from bench.throughput import steady_rate
-
-from tests.conftest import run_module
+from tests.conftest import ROOT, run_module
 
 KEYS = {"mode", "workers", "batch", "t_max", "size", "device", "img_steps_per_s", "peak_mem_mib", "flops_per_img_step"}
 
@@ -14,7 +12,8 @@ KEYS = {"mode", "workers", "batch", "t_max", "size", "device", "img_steps_per_s"
 def test_throughput_benchmark_output_format(tmp_path):
     # a config whose budget is epochs only, like configs/paper.yaml: the benchmark sets its own
     config = tmp_path / "epochs_only.yaml"
-    config.write_text(Path("configs/smoke.yaml").read_text().replace("epochs: 0", "epochs: 3").replace("max_updates: 20", "max_updates: 0"))
+    smoke = (ROOT / "configs" / "smoke.yaml").read_text()
+    config.write_text(smoke.replace("epochs: 0", "epochs: 3").replace("max_updates: 20", "max_updates: 0"))
     res = run_module(["bench/throughput.py", "--config", str(config), "--size", "32", "--updates", "6",
                       "--workers", "1"], timeout=180)
     assert res.returncode == 0, res.stderr
