@@ -265,6 +265,8 @@ def test_limit_batches_cuts_the_last_batch_and_reads_no_further():
     assert [len(b[2]) for b in limit_batches(batches(fail_after=2), 6)] == [3, 3]
 
 
+# PyTorch's own inductor code calls torch.jit.script_method while it compiles; nothing of ours does
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compiled_training_model_gives_the_eager_gradients_after_a_parameter_update():
     """train.compile: a worker's compiled net, bound to a flat vector that the server's new
     parameters are copied into, computes the same gradients as the eager net (no stale weights)."""
