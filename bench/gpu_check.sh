@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU session's prepared call: the figures of docs/PERFORMANCE.md ("CUDA") and the CUDA tests.
+# One GPU session's prepared call: the figures of docs/PERFORMANCE.md ("CUDA", "The 8-worker trainer on the
+# GPU") and the CUDA tests.
 #
 #   BUDGET_S=540 bash bench/gpu_check.sh
 #
