@@ -246,7 +246,8 @@ def report(run: Path, store: SliceStore, cfg: Config, device: torch.device, wall
     info = {"checkpoint": str(path), "updates": int(ckpt["counters"]["updates"]), "epoch": float(ckpt["counters"]["epoch"]),
             "split": cfg.data.test_split, "slices": len(res.per_image), "wall_s": round(wall, 1),
             "params": int(ckpt["params"]), **{k: v["mean"] for k, v in res.summary.items()},
-            "std": {k: v["std"] for k, v in res.summary.items()}, "step_dice": res.step_dice}
+            "std": {k: v["std"] for k, v in res.summary.items()}, "step_dice": res.step_dice,
+            "per_image": res.per_image}
     write_json_atomic(info, run / "test_metrics.json")
     print(f"\ntest split '{cfg.data.test_split}' ({len(res.per_image)} slices), {path.name} "
           f"from update {info['updates']}, trained {wall:.0f} s:")

@@ -17,7 +17,13 @@ and ``loss(t) = policy + value_coef * value - entropy_coef * entropy``; the upda
 steps. Optionally (``loss.class_balance`` = beta > 0) the policy and value means are weighted
 per pixel by its class's share of the image to the power -beta (``class_weights``): the paper
 is silent here, and with small objects the plain pixel mean drives the policy to "zero
-everything" (REINFORCE's push on the rare class vanishes once its action is rarely sampled). The feature net receives both terms' gradients (eq. 16) because both heads sit on it.
+everything" (REINFORCE's push on the rare class vanishes once its action is rarely sampled).
+Three further departures from the paper, each a config option (README, "The method, as implemented"):
+``loss.live_only`` drops the policy and entropy terms of pixels already zeroed under ``multiply``
+(their actions change nothing), ``loss.class_weight_cap`` bounds the class weights, and
+``loss.ce_coef`` adds a cross-entropy term toward the ground truth, whose gradient does not
+vanish for a confidently wrong pixel as the policy gradient's does.
+The feature net receives both terms' gradients (eq. 16) because both heads sit on it.
 ``w`` learns through the value term, since the advantage is detached in the policy term.
 """
 from __future__ import annotations
@@ -54,40 +60,51 @@ def entropy_map(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(dim=1, keepdim=True)
 
 
-def class_weights(gt: Tensor, beta: float) -> Tensor:
+def class_weights(gt: Tensor, beta: float, cap: float = 0.0) -> Tensor:
     """Per-pixel weights from the ground truth: gt [B, 1, H, W] 0/1 -> [B, 1, H, W], mean 1 per image.
 
     A pixel of class c weighs ``f_c ** -beta``, f_c being c's share of the image, rescaled so
     that each image's weights average 1: beta = 0 gives the plain pixel mean of eqs. 13-15,
-    beta = 1 lets object and background count equally.
+    beta = 1 lets object and background count equally. ``cap`` > 0 then clamps every weight at
+    ``cap`` (after the rescaling, so the mean may drop below 1).
     """
     if beta == 0:
         return torch.ones_like(gt)
     n = gt[0].numel()
     frac_fg = gt.flatten(1).mean(dim=1).clamp(1.0 / n, 1.0 - 1.0 / n).view(-1, 1, 1, 1)
     w = torch.where(gt > 0.5, frac_fg ** -beta, (1.0 - frac_fg) ** -beta)
-    return w / w.mean(dim=(1, 2, 3), keepdim=True)
+    w = w / w.mean(dim=(1, 2, 3), keepdim=True)
+    return w.clamp(max=cap) if cap > 0 else w
 
 
-def step_losses(logits: Tensor, actions: Tensor, value: Tensor, ret: Tensor,
-                weight: Tensor | None = None) -> dict[str, Tensor]:
+def step_losses(logits: Tensor, actions: Tensor, value: Tensor, ret: Tensor, weight: Tensor | None = None,
+                live: Tensor | None = None, target: Tensor | None = None) -> dict[str, Tensor]:
     """One step's pixel-mean terms (weighted means when ``weight`` [B, 1, H, W] is given).
 
     logits [B, 2, H, W], actions [B, H, W] int64, value [B, 1, H, W], ret [B, 1, H, W].
-    Returns scalars ``policy``, ``value``, ``entropy`` and the detached ``advantage`` mean.
+    ``live`` [B, 1, H, W] 0/1 masks the policy, entropy and cross-entropy terms to the pixels
+    whose action still matters (the sums still divide by every pixel). ``target`` [B, H, W] int64,
+    the ground truth as actions, adds ``ce``: the class-weighted mean of -log pi(target | s).
+    Returns scalars ``policy``, ``value``, ``entropy``, ``ce`` (0 without a target) and the
+    detached ``advantage`` mean.
     """
     logp = F.log_softmax(logits.float(), dim=1)
     logp_a = logp.gather(1, actions.unsqueeze(1))
     adv = ret - value.float()
     w = 1.0 if weight is None else weight
+    lw = w if live is None else w * live
+    ent = -(logp.exp() * logp).sum(dim=1, keepdim=True)
+    ce = -(lw * logp.gather(1, target.unsqueeze(1))).mean() if target is not None else logp.new_zeros(())
     return {
-        "policy": -(w * logp_a * adv.detach()).mean(),
+        "policy": -(lw * logp_a * adv.detach()).mean(),
         "value": (w * adv ** 2).mean(),
-        "entropy": -(logp.exp() * logp).sum(dim=1).mean(),
+        "entropy": (ent if live is None else ent * live).mean(),
+        "ce": ce,
         "advantage": adv.detach().mean(),
     }
 
 
-def combine(terms: dict[str, Tensor], value_coef: float, entropy_coef: float) -> Tensor:
-    """policy + value_coef * value - entropy_coef * entropy (a scalar to backward)."""
-    return terms["policy"] + value_coef * terms["value"] - entropy_coef * terms["entropy"]
+def combine(terms: dict[str, Tensor], value_coef: float, entropy_coef: float, ce_coef: float = 0.0) -> Tensor:
+    """policy + value_coef * value - entropy_coef * entropy + ce_coef * ce (a scalar to backward)."""
+    total = terms["policy"] + value_coef * terms["value"] - entropy_coef * terms["entropy"]
+    return total + ce_coef * terms["ce"] if ce_coef else total

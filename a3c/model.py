@@ -133,6 +133,8 @@ class PixelDRLNet(nn.Module):
         self.policy = make_head(cat, cfg.head_channels, dilations, actions)
         self.value = make_head(cat, cfg.head_channels, dilations, 1)
         self.reward_conv = RewardConv(cfg.reward_kernel)
+        if cfg.init == "kaiming":
+            kaiming_init(self)
 
     def shared_features(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, Cin, H, W] -> concatenated full-resolution features [B, 15 * width, H, W]."""
@@ -144,6 +146,27 @@ class PixelDRLNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.shared_features(x)
         return self.policy(feats), self.value(feats)
+
+
+def kaiming_init(net: PixelDRLNet) -> None:
+    """torchvision VGG's initialisation: every 3x3 conv Kaiming-normal (fan_out, ReLU) with zero bias.
+
+    Each head's last 1x1 conv gets N(0, 0.01) weights and a zero bias, so the policy starts near
+    uniform and the value near zero. SAM's projection stays zero (SAM starts as softmax(f)) and w
+    the identity. With PyTorch's default (uniform, fan_in with a = sqrt(5)) and no normalisation,
+    every layer's output of this network is dominated by its bias: the first logits hardly depend
+    on the image.
+    """
+    for head in (net.policy, net.value):
+        last = head[-1]
+        nn.init.normal_(last.weight, std=0.01)
+        nn.init.zeros_(last.bias)
+    lasts = {id(net.policy[-1]), id(net.value[-1])}
+    sam_proj = getattr(net.sam, "proj", None)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d) and id(m) not in lasts and m is not sam_proj:
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
 
 
 def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
@@ -166,13 +189,14 @@ def use_channels_last(model: nn.Module) -> nn.Module:
 
 
 def tune_for_device(model: nn.Module, device: torch.device | str, train: TrainConfig | None = None) -> nn.Module:
-    """The CUDA fast path (a no-op on CPU): NHWC activations (``train.channels_last``) and cuDNN
-    autotuning (``train.cudnn_benchmark``). Returns the model."""
+    """The fast path: NHWC activations (``train.channels_last``: cuDNN's layout for bf16 on CUDA,
+    oneDNN's faster one on CPU) and, on CUDA, cuDNN autotuning (``train.cudnn_benchmark``).
+    Returns the model."""
     train = train or TrainConfig()
     if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = train.cudnn_benchmark
-        if train.channels_last:
-            use_channels_last(model)
+    if train.channels_last:
+        use_channels_last(model)
     return model
 
 

@@ -116,13 +116,18 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
     env = PixelEnv(cfg.env, images, gt)
     state = env.reset()
     t_max, amp = cfg.env.t_max, cfg.train.amp
-    vc, ec = cfg.loss.value_coef, cfg.loss.entropy_coef
-    states, actions, rewards, values, logits_kept = [], [], [], [], []
+    vc, ec, cc = cfg.loss.value_coef, cfg.loss.entropy_coef, cfg.loss.ce_coef
+    states, actions, rewards, values, logits_kept, lives = [], [], [], [], [], []
     full = cfg.train.rollout == "full"
+    mask_kind = cfg.env.kind == "mask"
+    # pixels whose action still matters: under multiply, those not yet zeroed (m_i(t) = 1)
+    track_live = cfg.loss.live_only and mask_kind and cfg.env.mask_update == "multiply"
+    target = (gt[:, 0] > 0.5).long() if cc > 0 and mask_kind else None  # ground truth as actions: keep object
     with contextlib.nullcontext() if full else torch.no_grad():
         for _ in range(t_max):
             logits, value = forward(model, state, amp)
             a = sample_actions(logits.detach(), generator)
+            lives.append(env.mask.detach().clone() if track_live else None)
             states.append(state)
             actions.append(a)
             values.append(value)
@@ -130,14 +135,14 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
             state, r = env.step(a)
             rewards.append(r)
     returns = discounted_returns(rewards, _bootstrap(model, state, cfg), cfg.loss.gamma, _reward_conv(model, cfg))
-    weight = class_weights(gt, cfg.loss.class_balance) if cfg.loss.class_balance else None
+    weight = class_weights(gt, cfg.loss.class_balance, cfg.loss.class_weight_cap) if cfg.loss.class_balance else None
 
     sums = {k: images.new_zeros(()) for k in ("policy", "value", "entropy")}
     if full:
         total = 0.0
         for t in range(t_max):
-            terms = step_losses(logits_kept[t], actions[t], values[t], returns[t], weight)
-            total = total + combine(terms, vc, ec)
+            terms = step_losses(logits_kept[t], actions[t], values[t], returns[t], weight, lives[t], target)
+            total = total + combine(terms, vc, ec, cc)
             for k in sums:
                 sums[k] += terms[k].detach()
         total.backward()
@@ -145,8 +150,8 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
         kept_values = []
         for t in range(t_max):
             logits, value = forward(model, states[t], amp)
-            terms = step_losses(logits, actions[t], value, returns[t].detach(), weight)
-            combine(terms, vc, ec).backward()
+            terms = step_losses(logits, actions[t], value, returns[t].detach(), weight, lives[t], target)
+            combine(terms, vc, ec, cc).backward()
             kept_values.append(value.detach())
             for k in sums:
                 sums[k] += terms[k].detach()

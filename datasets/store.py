@@ -29,7 +29,9 @@ converter-specific provenance (``keep_negatives``, ``n_cases_read``, ...).
 
 Split names accepted by :meth:`SliceStore.indices`: ``train``, ``val``, ``test``, ``all``,
 ``train_50``, ``train_100``, ``fold{k}/train`` and ``fold{k}/test`` for k in 0..4 (fold k's cases
-form the test part, the other four folds the train part).
+form the test part, the other four folds the train part), and the patient-level cross-validation
+splits ``cv{K}/fold{k}/train|val|test`` for 2 <= K <= cases, 0 <= k < K (``cv_folds``: fold k's
+cases are the test part, one case of fold k+1 the validation part, the rest the train part).
 
 Process safety: the constructor validates the file and closes it. The HDF5 handle is opened
 lazily, read-only, on the first data access and re-opened when ``os.getpid()`` changes (after a
@@ -39,6 +41,7 @@ fork); pickling drops it, so a store can be handed to ``torch.multiprocessing`` 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -68,6 +71,31 @@ SPLIT_NAMES = (
     + tuple(f"train_{k}" for k in SUBSET_SIZES)
     + tuple(f"fold{k}/{part}" for k in range(N_FOLDS) for part in ("train", "test"))
 )
+
+
+CV_SPLIT = re.compile(r"cv(\d+)/fold(\d+)/(train|val|test)")
+_STREAM_CV = 4  # seed stream of the cross-validation folds (the writer uses 1-3)
+
+
+def cv_folds(cases, n_folds: int, seed: int) -> list[dict[str, list[str]]]:
+    """Patient-level K-fold cross-validation: ``n_folds`` dicts ``{"train", "val", "test"}`` of case ids.
+
+    The sorted cases are permuted with ``seed`` and dealt round-robin into ``n_folds`` folds, so fold
+    sizes differ by at most one. Fold k tests on its own cases and validates on the first case (in
+    that order) of fold k+1 (mod K); the other cases train. Every case is tested exactly once.
+    """
+    ordered = sorted(set(cases))
+    if not 2 <= n_folds <= len(ordered):
+        raise ValueError(f"cross-validation needs 2 to {len(ordered)} folds for {len(ordered)} cases, got {n_folds}")
+    rng = np.random.default_rng([int(seed), _STREAM_CV])
+    perm = [ordered[i] for i in rng.permutation(len(ordered))]
+    folds = [perm[k::n_folds] for k in range(n_folds)]
+    out = []
+    for k in range(n_folds):
+        val = folds[(k + 1) % n_folds][:1]
+        out.append({"train": sorted(c for c in ordered if c not in folds[k] and c not in val),
+                    "val": sorted(val), "test": sorted(folds[k])})
+    return out
 
 
 class StoreError(Exception):
@@ -220,6 +248,14 @@ class SliceStore:
             return m["splits"][split]
         if split.startswith("train_") and split[6:].isdigit() and int(split[6:]) in m["subsets"]:
             return m["subsets"][int(split[6:])]
+        cv = CV_SPLIT.fullmatch(split)
+        if cv:
+            n_folds, k, part = int(cv[1]), int(cv[2]), cv[3]
+            cases = sorted(set(m["case_id"].tolist()))
+            if not (2 <= n_folds <= len(cases) and k < n_folds):
+                return None
+            chosen = set(cv_folds(cases, n_folds, int(self.attrs.get("seed", 0)))[k][part])
+            return np.flatnonzero([c in chosen for c in m["case_id"]]).astype(np.int64)
         if split.startswith("fold") and split in SPLIT_NAMES:
             k, part = split[4:].split("/")
             in_fold = m["fold"] == int(k)
@@ -231,7 +267,8 @@ class SliceStore:
         is unknown or the split is empty."""
         idx = self._raw_indices(split)
         if idx is None:
-            raise StoreError(f"{self.path}: unknown split {split!r}; valid names: {', '.join(SPLIT_NAMES)}")
+            raise StoreError(f"{self.path}: unknown split {split!r}; valid names: {', '.join(SPLIT_NAMES)}, "
+                             "cv{K}/fold{k}/train|val|test (2 <= K <= cases, k < K)")
         if idx.size == 0:
             valid = [s for s, n in self.split_sizes().items() if n > 0]
             raise StoreError(f"{self.path}: split {split!r} is empty; non-empty splits: {', '.join(valid)}")

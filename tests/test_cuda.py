@@ -54,10 +54,12 @@ def test_channels_last_changes_layout_not_values(channels):
     assert all(p.is_contiguous() for p in model.parameters()), "parameters must stay NCHW views of the flat vector"
 
 
-def test_tune_for_device_is_a_no_op_on_cpu():
+def test_tune_for_device_on_cpu_follows_channels_last():
     model = build_model(load_config(SMOKE).model, 1)
-    tune_for_device(model, "cpu")
+    tune_for_device(model, "cpu", load_config(SMOKE, ["train.channels_last=false"]).train)
     assert not getattr(model, "_channels_last", False)
+    tune_for_device(model, "cpu")
+    assert getattr(model, "_channels_last", False)
 
 
 @needs_cuda

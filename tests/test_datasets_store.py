@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from datasets.store import SCHEMA_VERSION, SPLIT_NAMES, SliceStore, StoreError
+from datasets.store import SCHEMA_VERSION, SPLIT_NAMES, SliceStore, StoreError, cv_folds
 from datasets.writer import StoreWriter
 
 N_CASES, PER_CASE, C, H, W = 10, 5, 2, 16, 12
@@ -134,6 +134,34 @@ def test_folds(store):
         assert not set(store.cases(f"fold{k}/train")) & set(store.cases(f"fold{k}/test"))
         assert len(tr) + len(te) == store.n
         assert len(store.cases(f"fold{k}/test")) == 2  # 10 cases, 5 folds
+
+
+def test_cv_folds_test_every_case_once():
+    cases = [f"p{i}" for i in range(8)]
+    folds = cv_folds(cases, 4, seed=0)
+    assert sorted(c for f in folds for c in f["test"]) == cases
+    for f in folds:
+        assert len(f["test"]) == 2 and len(f["val"]) == 1 and len(f["train"]) == 5
+        assert not (set(f["train"]) & set(f["val"])) and not (set(f["train"]) & set(f["test"]))
+        assert not set(f["val"]) & set(f["test"])
+    assert folds == cv_folds(list(reversed(cases)), 4, seed=0)  # order of the input does not matter
+    assert folds != cv_folds(cases, 4, seed=1)
+    with pytest.raises(ValueError):
+        cv_folds(cases, 9, seed=0)
+
+
+def test_cv_split_names(store):
+    tested = []
+    for k in range(4):
+        parts = {p: store.cases(f"cv4/fold{k}/{p}") for p in ("train", "val", "test")}
+        assert not set(parts["train"]) & set(parts["test"]) and not set(parts["val"]) & set(parts["test"])
+        n = sum(len(store.indices(f"cv4/fold{k}/{p}")) for p in ("train", "val", "test"))
+        assert n == store.n
+        tested += parts["test"]
+    assert sorted(tested) == sorted(store.cases("all"))
+    for bad in ("cv4/fold4/test", "cv11/fold0/test", "cv1/fold0/test"):
+        with pytest.raises(StoreError, match="unknown split"):
+            store.indices(bad)
 
 
 def test_every_split_name_is_usable(store):

@@ -30,6 +30,8 @@ def read_csv(path):
     ("table4", ["--baselines", "unet"], {(s, m) for s in ("50 slices", "100 slices", "all training slices")
                                          for m in ("PixelDRL-MG", "U-Net")}),
     ("table6", ["--baselines", "unet", "--folds", "0,1"], {("5-fold CV", "PixelDRL-MG"), ("5-fold CV", "U-Net")}),
+    ("cv", ["--baselines", "unet", "--cv-folds", "2"], {("2-fold patient CV", "PixelDRL-MG"),
+                                                          ("2-fold patient CV", "U-Net")}),
 ])
 def test_experiments_with_baselines_write_their_tables(tiny_store, tmp_path, experiment, extra, rows):
     out = tmp_path / experiment
@@ -47,6 +49,16 @@ def test_experiments_with_baselines_write_their_tables(tiny_store, tmp_path, exp
         for r in lines:  # the trainings themselves were tested on the fold's cases
             assert json.loads((out / "cells" / r["id"] / "run" / "test_metrics.json").read_text())["split"] == r["test_split"]
         assert "| 2 |" in table
+    if experiment == "cv":  # every case tested once per method; per-patient and paired sections
+        assert {r["test_split"] for r in lines} == {"cv2/fold0/test", "cv2/fold1/test"}
+        cases = set()
+        for r in lines:
+            if r["row"] == "U-Net":
+                cases |= {i["case"] for i in json.loads((out / "cells" / r["id"] / "result.json").read_text())["per_image"]}
+        with h5py.File(tiny_store) as f:
+            assert cases == {c.decode() for c in f["case_id"][()]}
+        for section in ("## Pooled over patients", "## Dice per patient", "## Collapsed runs", "## Paired per-patient"):
+            assert section in table
     if experiment == "table4":
         assert {r["train_split"] for r in lines} == {"train_50", "train_100", "train"}
 
@@ -129,6 +141,7 @@ def test_a_failed_cell_names_its_log_and_exits_1(tiny_store, tmp_path):
     (["table2", "--baselines", "vnet"], "--baselines: unknown vnet"),
     (["fig7", "--t-max", "0,2"], "--t-max"),
     (["table6", "--folds", "5"], "--folds"),
+    (["cv", "--cv-folds", "99"], "--cv-folds"),
     (["fig5", "--coarse", "unet3plus"], "--coarse: unknown unet3plus"),
 ])
 def test_bad_input_is_one_line_exit_2(tiny_store, tmp_path, args, message):

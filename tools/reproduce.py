@@ -60,7 +60,7 @@ from a3c.config import ConfigError, load_config  # noqa: E402
 from a3c.fileio import write_atomic, write_bytes_atomic, write_json_atomic  # noqa: E402
 from a3c.metrics import METRIC_KEYS, TABLE_HEADER  # noqa: E402
 
-EXPERIMENTS = ("table2", "table3", "table4", "table6", "fig5", "fig7")
+EXPERIMENTS = ("table2", "table3", "table4", "table6", "cv", "fig5", "fig7")
 PIXELDRL = "PixelDRL-MG"
 BASELINE_NAMES = {"unet": "U-Net", "attention_unet": "Attention U-Net", "unet_plus_plus": "U-Net++",
                   "basic_unet": "Basic U-Net", "segresnet": "SegResNet"}
@@ -117,6 +117,10 @@ def plan(args) -> list[Cell]:
             for k in args.folds:
                 cells += methods("5-fold CV", seed, train=f"fold{k}/train", val=f"fold{k}/train", test=f"fold{k}/test",
                                  fold=k)
+        elif args.experiment == "cv":
+            for k in args.folds:
+                splits = {p: f"cv{args.cv_folds}/fold{k}/{p}" for p in ("train", "val", "test")}
+                cells += methods(f"{args.cv_folds}-fold patient CV", seed, fold=k, **splits)
         elif args.experiment == "fig5":
             for b in [b for b in args.coarse.split(",") if b]:
                 base = Cell("coarse masks", BASELINE_NAMES.get(b, b), b, seed)
@@ -190,7 +194,9 @@ def run_cell(cell: Cell, args, out: Path) -> dict:
               "train_split": cell.train_split, "val_split": cell.val_split, "test_split": cell.test_split,
               **cell.extra, "params": int(metrics["params"]), "slices": int(metrics.get("slices", metrics.get("n", 0))),
               "metrics": {k: float(metrics[k]) for k in METRIC_KEYS}, "wall_s": round(time.monotonic() - t0, 1),
-              "command": " ".join(cmd[1:])}
+              "command": " ".join(cmd[1:]), "step_dice": metrics.get("step_dice", []),
+              "per_image": [{k: r.get(k) for k in ("case", "slice", "kept", "object", *METRIC_KEYS)}
+                            for r in metrics.get("per_image", [])]}
     write_json_atomic(result, result_path)
     return result
 
@@ -226,7 +232,7 @@ def markdown(experiment: str, rows: list[dict], args) -> str:
     lines = [f"# {experiment}: {Path(args.data).name}", "",
              f"Config `{args.config or 'configs/default.yaml'}`, budget x{args.budget:g}, seeds {args.seeds}, "
              f"{args.workers} workers, device {args.device}. Mean ± sd over "
-             + ("folds and seeds" if experiment == "table6" else "seeds") + "; n = cells averaged.", "",
+             + ("folds and seeds" if experiment in ("table6", "cv") else "seeds") + "; n = cells averaged.", "",
              "| setting | method | " + " | ".join(names) + " | params | n | train s |",
              "|---|---|" + "---|" * (len(names) + 3)]
     for r in rows:
@@ -315,7 +321,9 @@ def parse_args(argv):
     ap.add_argument("--baseline-epochs", type=positive_float, default=50, help="baseline epochs before --budget")
     ap.add_argument("--baseline-width", default="small", help="baseline channel width (default small: CPU-sized)")
     ap.add_argument("--t-max", type=int_list, default=list(range(1, 13)), help="fig7's t_max values (default 1..12)")
-    ap.add_argument("--folds", type=int_list, default=[0, 1, 2, 3, 4], help="table6's folds (default all 5)")
+    ap.add_argument("--folds", type=int_list, default=None, help="table6's or cv's folds (default all)")
+    ap.add_argument("--cv-folds", type=positive_int, default=4,
+                    help="cv: number of patient folds K (default 4: 8 patients, 2 test patients a fold)")
     ap.add_argument("--coarse", default="unet,unet_plus_plus",
                     help="fig5's baselines whose masks PixelRL refines (default unet,unet_plus_plus)")
     ap.add_argument("--no-progress", action="store_true", help="print nothing but errors and the table")
@@ -345,8 +353,15 @@ def check(args) -> None:
             raise UsageError(f"{flag}: unknown {', '.join(unknown)}; known: {', '.join(BASELINES)}")
     if any(t < 1 for t in args.t_max):
         raise UsageError("--t-max: every value must be at least 1")
-    if any(not 0 <= k < 5 for k in args.folds):
-        raise UsageError("--folds: folds are 0..4")
+    n_folds = args.cv_folds if args.experiment == "cv" else 5
+    if args.experiment == "cv":
+        n_cases = len(store.cases("all"))
+        if not 2 <= n_folds <= n_cases:
+            raise UsageError(f"--cv-folds: {args.data} has {n_cases} cases, so 2 to {n_cases} folds, got {n_folds}")
+    if args.folds is None:
+        args.folds = list(range(n_folds))
+    if any(not 0 <= k < n_folds for k in args.folds):
+        raise UsageError(f"--folds: folds are 0..{n_folds - 1}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -388,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"    Dice {results[-1]['metrics']['dice']:.4f} in {results[-1]['wall_s']:.0f} s")
     rows = summarise(results)
     table = markdown(args.experiment, rows, args)
+    if args.experiment == "cv":
+        from tools.cv_report import cv_markdown
+
+        table += "\n" + cv_markdown(results)
     write_bytes_atomic(out / f"{args.experiment}.md", table.encode())
     write_bytes_atomic(out / f"{args.experiment}.csv", csv_text(results).encode())
     plots = {"fig5": plot_fig5, "fig7": plot_fig7}

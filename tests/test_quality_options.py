@@ -1,0 +1,144 @@
+"""The loss and initialisation options of issue 17: live-pixel terms, cross-entropy, capped class
+weights, Kaiming init; hand-worked numbers where the maths is new."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from a3c.config import ConfigError, load_config
+from a3c.losses import class_weights, combine, step_losses
+from a3c.model import build_model
+from a3c.rollout import reference_update
+
+SMOKE = "configs/smoke.yaml"
+
+
+def test_step_losses_live_mask_and_cross_entropy_by_hand():
+    # two pixels; p(keep) = 0.75 on both (logits 0, ln 3); pixel 0 live, pixel 1 already zeroed
+    logits = torch.tensor([[[[0.0, 0.0]], [[math.log(3.0), math.log(3.0)]]]])  # [1, 2, 1, 2]
+    actions = torch.tensor([[[1, 0]]])
+    value = torch.zeros(1, 1, 1, 2)
+    ret = torch.tensor([[[[2.0, 4.0]]]])
+    live = torch.tensor([[[[1.0, 0.0]]]])
+    target = torch.tensor([[[0, 1]]])  # pixel 0 is background: the right action is "zero"
+    t = step_losses(logits, actions, value, ret, live=live, target=target)
+    lp_keep, lp_zero = math.log(0.75), math.log(0.25)
+    # policy: only pixel 0 counts, -(log 0.75 * 2) / 2 pixels
+    assert t["policy"].item() == pytest.approx(-(lp_keep * 2.0) / 2)
+    # value: every pixel, ((2 - 0)^2 + (4 - 0)^2) / 2
+    assert t["value"].item() == pytest.approx(10.0)
+    h = -(0.75 * lp_keep + 0.25 * lp_zero)
+    assert t["entropy"].item() == pytest.approx(h / 2)
+    # cross-entropy: pixel 0 only, target "zero": -log 0.25 / 2
+    assert t["ce"].item() == pytest.approx(-lp_zero / 2)
+    total = combine(t, 0.5, 0.01, 2.0)
+    assert total.item() == pytest.approx(t["policy"].item() + 5.0 - 0.01 * h / 2 - lp_zero)
+    # without live and target: the plain terms of eqs. 13-15, ce 0
+    plain = step_losses(logits, actions, value, ret)
+    assert plain["policy"].item() == pytest.approx(-(lp_keep * 2.0 + lp_zero * 4.0) / 2)
+    assert plain["ce"].item() == 0.0 and combine(plain, 0.5, 0.01).item() == pytest.approx(
+        combine(plain, 0.5, 0.01, 3.0).item())
+
+
+def test_cross_entropy_gradient_does_not_vanish_for_a_confidently_wrong_pixel():
+    """An object pixel zeroed with p(keep) = 0.01: the CE gradient on the keep-minus-zero logit is
+    -(1 - p) = -0.99 per pixel, while the policy gradient's expectation scales with p."""
+    d = torch.tensor(math.log(0.01 / 0.99), requires_grad=True)
+    logits = torch.stack([torch.zeros(()), d]).view(1, 2, 1, 1)
+    t = step_losses(logits, torch.zeros(1, 1, 1, dtype=torch.long), torch.zeros(1, 1, 1, 1),
+                    torch.zeros(1, 1, 1, 1), target=torch.ones(1, 1, 1, dtype=torch.long))
+    t["ce"].backward()
+    assert d.grad.item() == pytest.approx(-0.99, rel=1e-5)
+
+
+def test_class_weight_cap():
+    gt = torch.zeros(1, 1, 10, 10)
+    gt[..., 0, 0] = 1  # 1 of 100 pixels: weight 50 before the cap, background 50/99
+    w = class_weights(gt, 1.0)
+    assert w[0, 0, 0, 0].item() == pytest.approx(50.0)
+    capped = class_weights(gt, 1.0, cap=20.0)
+    assert capped[0, 0, 0, 0].item() == pytest.approx(20.0)
+    assert capped[0, 0, 5, 5].item() == pytest.approx(50.0 / 99)
+    assert torch.equal(class_weights(gt, 1.0, cap=100.0), w)
+
+
+def test_kaiming_init():
+    cfg = load_config(SMOKE, ["model.init=kaiming"])
+    torch.manual_seed(0)
+    net = build_model(cfg.model, 1)
+    convs = [m for m in net.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.bias.abs().sum() == 0 for c in convs)
+    first = convs[0]
+    fan_out = first.out_channels * 9
+    assert first.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.35)
+    for head in (net.policy, net.value):
+        assert head[-1].bias.abs().sum() == 0 and head[-1].weight.std().item() < 0.02
+    assert net.sam.proj.weight.abs().sum() == 0
+    k = net.reward_conv.weight.shape[-1]
+    assert net.reward_conv.weight[0, 0, k // 2, k // 2] == 1 and net.reward_conv.weight.abs().sum() == 1
+
+
+def test_kaiming_init_makes_the_policy_read_its_input():
+    """The keep-minus-zero logit's spread across the pixels of one image, relative to its spread over
+    the features: PyTorch's default init leaves it almost constant (bias-dominated)."""
+    spreads = {}
+    for init in ("torch", "kaiming"):
+        cfg = load_config(SMOKE, [f"model.init={init}"])
+        torch.manual_seed(0)
+        net = build_model(cfg.model, 1)
+        x = torch.rand(1, 1, 32, 32)
+        with torch.no_grad():
+            feats = net.shared_features(x)
+            d = (lambda z: z[:, 1] - z[:, 0])(net.policy(feats))
+        spreads[init] = (d.std() / (d.abs().mean() + 1e-12)).item()
+    assert spreads["kaiming"] > 10 * spreads["torch"]
+
+
+@pytest.mark.parametrize("update", ["multiply", "replace"])
+def test_onestep_and_full_agree_with_the_new_terms(update):
+    cfg = load_config(SMOKE, ["loss.live_only=true", "loss.ce_coef=1.0", "loss.class_weight_cap=5",
+                              f"env.mask_update={update}", "model.init=kaiming"])
+    torch.manual_seed(1)
+    model = build_model(cfg.model, 2)
+    x = torch.randn(2, 2, 24, 20)
+    gt = (torch.rand(2, 1, 24, 20) > 0.8).float()
+    grads = {}
+    for mode in ("full", "onestep"):
+        cfg.train.rollout = mode
+        model.zero_grad()
+        reference_update(model, x, gt, cfg, torch.Generator().manual_seed(7))
+        grads[mode] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert torch.allclose(grads["full"], grads["onestep"], rtol=1e-4, atol=1e-7)
+
+
+def test_live_only_changes_the_gradient_only_under_multiply():
+    base = ["loss.ce_coef=0", "env.t_max=3"]
+    out = {}
+    for update in ("multiply", "replace"):
+        for live in (False, True):
+            cfg = load_config(SMOKE, base + [f"env.mask_update={update}", f"loss.live_only={str(live).lower()}"])
+            torch.manual_seed(1)
+            model = build_model(cfg.model, 1)
+            x = torch.rand(2, 1, 16, 16)
+            gt = (torch.rand(2, 1, 16, 16) > 0.7).float()
+            reference_update(model, x, gt, cfg, torch.Generator().manual_seed(3))
+            out[update, live] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert not torch.allclose(out["multiply", False], out["multiply", True])
+    assert torch.equal(out["replace", False], out["replace", True])
+
+
+@pytest.mark.parametrize("override,words", [
+    ("loss.ce_coef=-1", "non-negative"),
+    ("loss.class_weight_cap=0.5", "at least 1"),
+    ("model.init=xavier", "torch, kaiming"),
+])
+def test_bad_option_values(override, words):
+    with pytest.raises(ConfigError, match=words):
+        load_config(SMOKE, [override])
+
+
+def test_ce_needs_mask_agents():
+    with pytest.raises(ConfigError, match="env.kind mask"):
+        load_config(SMOKE, ["loss.ce_coef=1", "env.kind=refine"])

@@ -1,0 +1,151 @@
+"""The patient-level cross-validation report of ``tools/reproduce.py cv``: pure functions on cell results.
+
+A cell result (``reproduce.run_cell``) holds ``row`` (the method), ``seed``, ``fold``, ``step_dice``
+and ``per_image`` rows (``case``, ``kept``, ``object`` and the six metrics of each test slice).
+Every patient is tested in exactly one fold, so one seed's cells of a method cover every patient
+once. Figures:
+
+* **patient means**: each patient's mean over its slices, per seed;
+* **pooled** (per seed): the mean of the patient means (every patient counts once, whatever its
+  number of slices) and the slice-pooled mean; then mean ± sd over seeds;
+* **collapsed runs**: seeds whose pooled Dice is under 0.8x the method's mean over seeds, and cells
+  whose test masks keep every pixel or zero every pixel (``a3c.evaluate.policy_collapse``);
+* **steps**: Dice after the first and after the last step (PixelDRL-MG), mean over cells;
+* **paired**: per patient, Dice of the first method (mean over seeds) minus each other method's,
+  with the mean difference, a bootstrap 95% interval over patients and the exact Wilcoxon
+  signed-rank p-value (``a3c.stats``).
+"""
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+
+import numpy as np
+
+from a3c.evaluate import mask_shares, policy_collapse
+from a3c.stats import bootstrap_ci, wilcoxon_signed_rank
+
+REPORT_KEYS = ("dice", "iou", "biou", "hd95")
+COLLAPSE_FRACTION = 0.8
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return (statistics.fmean(values), statistics.pstdev(values)) if values else (float("nan"), float("nan"))
+
+
+def patient_means(results: list[dict]) -> dict[str, dict[int, dict[str, dict[str, float]]]]:
+    """method -> seed -> case -> {metric: mean over the case's test slices}."""
+    rows: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in results:
+        for img in r["per_image"]:
+            rows[r["row"]][r["seed"]][img["case"]].append(img)
+    return {m: {s: {c: {k: float(np.mean([i[k] for i in imgs])) for k in REPORT_KEYS} for c, imgs in cases.items()}
+                for s, cases in seeds.items()} for m, seeds in rows.items()}
+
+
+def pooled(results: list[dict]) -> dict[str, dict]:
+    """method -> {"patient": {metric: (mean, sd) over seeds of the mean of patient means},
+    "slice": {metric: (mean, sd) over seeds of the slice-pooled mean}, "seeds": {seed: patient-pooled Dice},
+    "cases": number of patients}."""
+    pm = patient_means(results)
+    out = {}
+    for method, seeds in pm.items():
+        per_seed = {s: {k: statistics.fmean(c[k] for c in cases.values()) for k in REPORT_KEYS} for s, cases in seeds.items()}
+        slices = defaultdict(list)
+        for r in results:
+            if r["row"] == method:
+                slices[r["seed"]] += r["per_image"]
+        per_seed_slice = {s: {k: float(np.mean([i[k] for i in imgs])) for k in REPORT_KEYS} for s, imgs in slices.items()}
+        out[method] = {
+            "patient": {k: _mean_sd([v[k] for v in per_seed.values()]) for k in REPORT_KEYS},
+            "slice": {k: _mean_sd([v[k] for v in per_seed_slice.values()]) for k in REPORT_KEYS},
+            "seeds": {s: v["dice"] for s, v in sorted(per_seed.items())},
+            "cases": len(next(iter(seeds.values()))),
+        }
+    return out
+
+
+def collapsed_seeds(seed_dice: dict[int, float], fraction: float = COLLAPSE_FRACTION) -> list[int]:
+    """Seeds whose pooled Dice is under ``fraction`` x the mean over seeds."""
+    mean = statistics.fmean(seed_dice.values())
+    return [s for s, d in seed_dice.items() if d < fraction * mean]
+
+
+def collapsed_cells(results: list[dict]) -> dict[str, list[str]]:
+    """method -> ids of cells whose test masks keep every pixel or zero every pixel."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for r in results:
+        if policy_collapse(*mask_shares(r["per_image"])):
+            out[r["row"]].append(r["id"])
+    return out
+
+
+def paired(results: list[dict], first: str, other: str, key: str = "dice") -> dict:
+    """Per-patient ``key`` of ``first`` minus ``other`` (each the mean over its seeds), with the mean,
+    a bootstrap 95% interval and the exact Wilcoxon p-value; patients tested by both only."""
+    pm = patient_means(results)
+
+    def by_case(method: str) -> dict[str, float]:
+        per = defaultdict(list)
+        for cases in pm[method].values():
+            for c, v in cases.items():
+                per[c].append(v[key])
+        return {c: statistics.fmean(v) for c, v in per.items()}
+
+    a, b = by_case(first), by_case(other)
+    cases = sorted(set(a) & set(b))
+    diffs = [a[c] - b[c] for c in cases]
+    return {"cases": cases, "diffs": diffs, "mean": statistics.fmean(diffs) if diffs else float("nan"),
+            "ci": bootstrap_ci(diffs), "wins": sum(d > 0 for d in diffs), **wilcoxon_signed_rank(diffs)}
+
+
+def cv_markdown(results: list[dict]) -> str:
+    """The report's markdown: pooled table, per-patient Dice, collapses, steps, paired comparisons."""
+    if not results:
+        return ""
+    pool = pooled(results)
+    methods = list(pool)
+    lines = ["## Pooled over patients", "",
+             "Mean over seeds (± sd over seeds) of the mean of the patient means; slice-pooled Dice beside it.", "",
+             "| method | seeds | patients | DICE | IoU | BIoU | HD95 | slice-pooled DICE | per-seed DICE |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for m in methods:
+        p = pool[m]
+        cells = " | ".join(f"{p['patient'][k][0]:.4f} ± {p['patient'][k][1]:.4f}" for k in REPORT_KEYS)
+        seeds = ", ".join(f"{s}: {d:.3f}" for s, d in p["seeds"].items())
+        lines.append(f"| {m} | {len(p['seeds'])} | {p['cases']} | {cells} | "
+                     f"{p['slice']['dice'][0]:.4f} ± {p['slice']['dice'][1]:.4f} | {seeds} |")
+    pm = patient_means(results)
+    cases = sorted({c for seeds in pm.values() for cs in seeds.values() for c in cs})
+    lines += ["", "## Dice per patient", "", "Mean ± sd over seeds of the patient's mean slice Dice.", "",
+              "| patient | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for c in cases:
+        vals = [_mean_sd([cs[c]["dice"] for cs in pm[m].values() if c in cs]) for m in methods]
+        lines.append(f"| {c} | " + " | ".join(f"{v[0]:.3f} ± {v[1]:.3f}" for v in vals) + " |")
+    cc = collapsed_cells(results)
+    lines += ["", "## Collapsed runs", ""]
+    for m in methods:
+        low = collapsed_seeds(pool[m]["seeds"])
+        lines.append(f"- {m}: seeds under {COLLAPSE_FRACTION}x the mean pooled Dice: {low or 'none'}; "
+                     f"cells keeping or zeroing every pixel: {cc.get(m) or 'none'}")
+    steps = [r["step_dice"] for r in results if r.get("step_dice")]
+    if steps:
+        by_method = defaultdict(list)
+        for r in results:
+            if r.get("step_dice"):
+                by_method[r["row"]].append(r["step_dice"])
+        lines += ["", "## Dice after each step", ""]
+        for m, sd in by_method.items():
+            first, last = statistics.fmean(s[0] for s in sd), statistics.fmean(s[-1] for s in sd)
+            worse = sum(s[-1] < s[0] for s in sd)
+            lines.append(f"- {m}: after step 1 {first:.4f}, after the last step {last:.4f} (mean over {len(sd)} cells; "
+                         f"last below first in {worse})")
+    if len(methods) > 1:
+        lines += ["", f"## Paired per-patient comparison: {methods[0]} minus each other method (Dice)", "",
+                  "| other method | patients | mean difference | bootstrap 95% CI | patients won | Wilcoxon p (exact) |",
+                  "|---|---|---|---|---|---|"]
+        for m in methods[1:]:
+            p = paired(results, methods[0], m)
+            lines.append(f"| {m} | {len(p['cases'])} | {p['mean']:+.4f} | [{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}] | "
+                         f"{p['wins']}/{len(p['cases'])} | {p['p']:.3f} |")
+    return "\n".join(lines) + "\n"
