@@ -98,6 +98,9 @@ class TrainConfig:
     seed: int = _f(0, "base seed; worker k uses seed + k")
     rollout: str = _f("onestep", "onestep: keep one step's graph at a time (memory independent of t_max); full: keep all")
     threads_per_worker: int = _f(1, "torch intra-op threads per worker process")
+    active_workers: int = _f(0, "local backend: at most this many workers compute at once, the others wait their "
+                             "turn (less staleness, same throughput when workers outnumber the cores); 0 = auto: "
+                             "CPU cores // threads_per_worker on a CPU, every worker on CUDA")
     checkpoint_interval_s: float = _f(60.0, "seconds between periodic checkpoints")
     max_worker_restarts: int = _f(5, "stop the run when workers have failed this many times in all")
     amp: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU)")
@@ -295,6 +298,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("loss.class_weight_cap must be at least 1 (weights average 1) or 0 for no cap")
     if cfg.loss.ce_coef > 0 and cfg.env.kind == "refine":
         raise ConfigError("loss.ce_coef needs env.kind mask (the refinement's actions have no ground-truth target)")
+    if cfg.train.active_workers < 0:
+        raise ConfigError("train.active_workers must be 0 (auto) or positive")
     if cfg.train.batch_size < 1 or cfg.eval.batch_size < 1:
         raise ConfigError("batch sizes must be at least 1")
     if cfg.train.epochs <= 0 and cfg.train.max_updates <= 0:

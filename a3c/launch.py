@@ -37,6 +37,7 @@ from a3c.config import Config, ConfigError, apply_dict, config_from_dict, load_c
 from a3c.evaluate import evaluate_checkpoint, table_row
 from a3c.fileio import write_json_atomic
 from datasets.store import SliceStore, StoreError
+from workers.common import active_workers, usable_cores
 from workers.launcher import Launcher, RunError
 from workers.mps import MPSError, start_mps, stop_mps
 
@@ -126,25 +127,22 @@ def resolve(args: argparse.Namespace) -> tuple[Config, dict | None, Path]:
     return cfg, resume, run
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def oversubscribed(workers: int, threads: int, cores: int) -> str | None:
-    """The warning for CPU workers that outnumber the cores, else None.
+def oversubscribed(workers: int, threads: int, cores: int, active: int) -> str | None:
+    """The note for CPU workers that outnumber the cores, else None.
 
     More workers than cores add no throughput, only staleness: with N workers in turn each
-    gradient is about N - 1 updates old when the server applies it."""
+    gradient is about N - 1 updates old when the server applies it. ``active`` workers compute at
+    once (``train.active_workers`` resolved; the others wait their turn at the server)."""
     if workers * threads <= cores:
         return None
+    if active and active < workers:
+        return (f"note: {workers} workers x {threads} thread(s) on {cores} CPU core(s): at most {active} compute at "
+                f"once, the others wait their turn (train.active_workers), which keeps each gradient about "
+                f"{active - 1} update(s) stale instead of {workers - 1}")
     fit = max(1, cores // threads)
     return (f"warning: {workers} workers x {threads} thread(s) on {cores} CPU core(s) train no faster than {fit}, "
             f"and each gradient arrives about {workers - 1} updates stale (8 workers on 2 cores trained worse: "
-            f"README, \"Workers and staleness\"); consider --workers {fit}")
+            f"README, \"Workers and staleness\"); consider --workers {fit} or train.active_workers=0")
 
 
 def shared_gpu_hint(workers: int, mps: bool, cudnn_benchmark: bool) -> str | None:
@@ -200,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run {run}: {args.workers} workers on {device}, data {data} "
               f"(train {len(store.indices(cfg.data.train_split))} slices), tensorboard --logdir {run}", file=sys.stderr)
         if device.type == "cpu" and args.backend == "local":
-            warning = oversubscribed(args.workers, cfg.train.threads_per_worker, usable_cores())
+            active = active_workers(cfg.train.active_workers, args.workers, device, cfg.train.threads_per_worker)
+            warning = oversubscribed(args.workers, cfg.train.threads_per_worker, usable_cores(), active)
             if warning:
                 print(warning, file=sys.stderr)
         if device.type == "cuda" and args.backend == "local":

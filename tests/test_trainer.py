@@ -308,14 +308,61 @@ def test_progress_bar_shows_warm_up_until_every_worker_has_pushed():
     assert progress_postfix(status, 8) == {"epoch": "0.50", "img-steps/s": "12.3", "val_dice": "0.7123"}
 
 
-def test_more_cpu_workers_than_cores_gets_a_warning():
+def test_more_cpu_workers_than_cores_gets_a_note_or_a_warning():
     from a3c.launch import oversubscribed
 
-    assert oversubscribed(2, 1, 2) is None and oversubscribed(4, 2, 8) is None
-    msg = oversubscribed(8, 1, 2)
-    assert msg.startswith("warning: 8 workers x 1 thread(s) on 2 CPU core(s)")
-    assert "about 7 updates stale" in msg and msg.endswith("consider --workers 2")
-    assert oversubscribed(3, 2, 4).endswith("consider --workers 2")
+    assert oversubscribed(2, 1, 2, 0) is None and oversubscribed(4, 2, 8, 0) is None
+    msg = oversubscribed(8, 1, 2, 2)  # auto: two compute at once
+    assert msg.startswith("note: 8 workers x 1 thread(s) on 2 CPU core(s): at most 2 compute at once")
+    assert "about 1 update(s) stale instead of 7" in msg
+    msg = oversubscribed(8, 1, 2, 0)  # no limit (train.active_workers set to 8 or more)
+    assert msg.startswith("warning: 8 workers") and "about 7 updates stale" in msg
+    assert oversubscribed(3, 2, 4, 0).endswith("consider --workers 2 or train.active_workers=0")
+
+
+def test_active_workers_resolution():
+    from workers.common import active_workers
+
+    assert active_workers(0, 8, "cpu", 1, cores=2) == 2
+    assert active_workers(0, 2, "cpu", 1, cores=2) == 0   # they fit: no limit
+    assert active_workers(0, 8, "cpu", 2, cores=2) == 1
+    assert active_workers(0, 8, "cuda", 1, cores=2) == 0  # GPU workers: no limit
+    assert active_workers(3, 8, "cuda", 1, cores=2) == 3 and active_workers(12, 8, "cpu", 1, cores=2) == 8
+
+
+def test_turns_hold_answers_back_until_a_turn_is_free():
+    from workers.param_server import Turns
+
+    t = Turns(2, [0, 1, 2, 3])         # all four start computing at once
+    for r in (0, 1, 2):
+        t.pushed(r)
+    assert t.grants() == [0]           # 3 still computes, so one turn is free
+    t.pushed(3)
+    assert t.grants() == [1]           # then 1 (first come, first served)
+    t.gone(0)                          # a worker that died frees its turn
+    assert t.grants() == [2] and t.computing == {1, 2}
+    t.pushed(1)
+    t.started(0)                       # a restarted worker computes at once
+    assert t.grants() == [] and t.drain() == [3, 1] and t.grants() == []
+    free = Turns(0, [0, 1])
+    free.pushed(0)
+    free.pushed(1)
+    assert free.grants() == [0, 1]     # no limit: every push answered at once
+
+
+def test_eight_workers_taking_turns_keep_gradients_fresh(tiny_store, tmp_path):
+    """8 workers, at most 1 computing: after the first round every gradient is applied on the
+    parameters it was computed on (staleness 0)."""
+    run = tmp_path / "run"
+    res = run_module(launch_args(tiny_store, run, 8, "train.max_updates=24", "train.active_workers=1"))
+    assert res.returncode == 0, res.stderr
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["counters"]["updates"] == 24
+    log = (run / "logs" / "server.log").read_text()
+    assert "at most 1 of 8 workers compute at once" in log
+    line = next(x for x in log.splitlines() if "staleness of the applied gradients" in x)
+    counts = dict(tuple(int(v) for v in kv.split(": ")) for kv in line.split("count): ")[1].split(", "))
+    assert sum(counts.values()) == 24
+    assert sum(n for k, n in counts.items() if k > 0) <= 7, line  # only the first round is stale
 
 
 def test_shared_gpu_hint_names_what_is_missing():

@@ -92,3 +92,24 @@ def run_child(name: str, fn: Callable, log_dir: str, threads: int, *args) -> Non
             pass
         print(f"[{name}] {tb}", file=sys.stderr, flush=True)
         raise
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def active_workers(setting: int, workers: int, device, threads: int, cores: int | None = None) -> int:
+    """How many of ``workers`` may compute at once (``train.active_workers``; 0 = no limit).
+
+    ``setting`` > 0 is taken as it is (capped at ``workers``); 0 is auto: on a CPU the cores that
+    fit ``threads`` each (at least 1), on CUDA no limit."""
+    if setting > 0:
+        return min(setting, workers)
+    if str(device).startswith("cuda"):
+        return 0
+    fit = max(1, (cores or usable_cores()) // max(1, threads))
+    return fit if fit < workers else 0

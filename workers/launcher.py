@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 
 from a3c.config import Config
 from datasets.store import SliceStore
-from workers.common import run_child
+from workers.common import active_workers, run_child
 from workers.monitor import watch
 from workers.param_server import serve
 from workers.shared import SharedState
@@ -96,7 +96,8 @@ class Launcher:
         n_train = len(self.store.indices(cfg.data.train_split))
         self.server = self._spawn("server", serve, max(1, cfg.train.threads_per_worker), cfg.to_dict(), c, size,
                                   n_train, str(self.run), str(self.device), n, {r: p[0] for r, p in pipes.items()},
-                                  server_ctrl, init_q, self.resume, preprocess_info(self.store), self.shared)
+                                  server_ctrl, init_q, self.resume, preprocess_info(self.store), self.shared,
+                                  active_workers(cfg.train.active_workers, n, self.device, cfg.train.threads_per_worker))
         server_ctrl.close()
         for r, (_, wrk_end) in pipes.items():
             self._start_worker(r, wrk_end)

@@ -10,12 +10,13 @@ tensors (``workers.shared``) and one pipe per worker; the Ray transport is in
 
 ``serve`` writes the counters the launcher made, sends the whole state to each worker over its
 pipe, then waits on every worker's pipe and answers each push with ``"ok"`` (or ``"stop"`` once the
-budget is spent). Control messages from the launcher: ``("add_worker", rank, conn)``,
+budget is spent), holding an answer back while ``train.active_workers`` others compute (``Turns``). Control messages from the launcher: ``("add_worker", rank, conn)``,
 ``("stop",)``, ``("exit",)``.
 """
 from __future__ import annotations
 
 import time
+from collections import deque
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -104,6 +105,7 @@ class ParamServer:
         self.last_ckpt = self.last_log = time.monotonic()
         self.rate = 0.0
         self.pushed_ranks: set[int] = set()  # workers heard from at least once: the rest are still warming up
+        self.staleness_counts: dict[int, int] = {}  # staleness -> applied gradients, logged at the end
         self.stopping = budget_spent(self.cfg, self.learner.counters())
         if self.stopping:
             self.checkpoint("budget already spent")
@@ -137,6 +139,7 @@ class ParamServer:
             staleness = learner.updates - version
             if learner.apply(grad, n_images, self.before_write, self.after_write, staleness):
                 self.log.add(stats, staleness)
+                self.staleness_counts[staleness] = self.staleness_counts.get(staleness, 0) + 1
                 if learner.updates in (1, 10, 100):
                     self.logger.info("update %d applied", learner.updates)
             else:
@@ -161,17 +164,65 @@ class ParamServer:
             self.last_ckpt = now
 
     def close(self) -> None:
+        self.logger.info("staleness of the applied gradients (updates: count): %s",
+                         ", ".join(f"{k}: {v}" for k, v in sorted(self.staleness_counts.items())) or "none")
         self.log.flush(self.learner.counters(), time.monotonic())
         self.writer.close()
 
 
+class Turns:
+    """Which workers may compute: at most ``limit`` at once (0 = no limit), the others wait for the
+    answer to their last push until a turn is free, first come first served.
+
+    With more CPU workers than cores the extra processes add no throughput, only staleness: with
+    N workers time-sharing the cores each gradient is about N - 1 updates old. Holding the
+    answers back keeps the staleness at about ``limit`` - 1 whatever N is. Workers start
+    computing as soon as they are up (their first gradients may be staler); a worker that
+    disconnects frees its turn, and a restarted one computes at once.
+    """
+
+    def __init__(self, limit: int, ranks):
+        self.limit = limit
+        self.computing: set[int] = set(ranks)
+        self.waiting: deque[int] = deque()
+
+    def started(self, rank: int) -> None:
+        self.computing.add(rank)
+
+    def gone(self, rank: int) -> None:
+        self.computing.discard(rank)
+        if rank in self.waiting:
+            self.waiting.remove(rank)
+
+    def pushed(self, rank: int) -> None:
+        """``rank`` pushed a gradient and goes on: it waits for a turn."""
+        self.computing.discard(rank)
+        self.waiting.append(rank)
+
+    def grants(self) -> list[int]:
+        """The waiting ranks that may compute now (each to be answered "ok"), in arrival order."""
+        out = []
+        while self.waiting and (self.limit <= 0 or len(self.computing) < self.limit):
+            rank = self.waiting.popleft()
+            self.computing.add(rank)
+            out.append(rank)
+        return out
+
+    def drain(self) -> list[int]:
+        """Every waiting rank (each to be answered "stop")."""
+        out = list(self.waiting)
+        self.waiting.clear()
+        return out
+
+
 def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train: int, run_dir: str,
           device_str: str, slots: int, conns: dict, ctrl, init_q, resume: dict | None, preprocess: dict,
-          counters: SharedState) -> None:
+          counters: SharedState, active: int = 0) -> None:
     """The local transport: shared tensors, a pipe per worker, a control pipe from the launcher.
 
     ``counters`` are the launcher's ``seq`` and ``status``; ``init_q`` gets ``"ready"`` once the
-    workers have been sent the state."""
+    workers have been sent the state; at most ``active`` workers compute at once (``Turns``; 0 =
+    all)."""
     device = torch.device(device_str)
     holder: dict[str, SharedState] = {}
 
@@ -193,6 +244,21 @@ def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train
     for conn in conns.values():
         conn.send(("shared", shared))
     init_q.put("ready")
+    turns = Turns(active, conns)
+    if active:
+        logger.info("at most %d of %d workers compute at once", active, len(conns))
+
+    def answer(rank: int, reply: str) -> None:
+        try:
+            conns[rank].send(reply)
+        except (BrokenPipeError, OSError, KeyError):
+            conns.pop(rank, None)
+            turns.gone(rank)
+
+    def answer_waiting() -> None:
+        for r in (turns.drain() if server.stopping else turns.grants()):
+            answer(r, "stop" if server.stopping else "ok")
+
     while True:
         ready = wait(list(conns.values()) + [ctrl], timeout=0.5)
         for conn in ready:
@@ -203,10 +269,12 @@ def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train
                     msg = ("exit",)
                 if msg[0] == "add_worker":
                     conns[msg[1]] = msg[2]
+                    turns.started(msg[1])
                     msg[2].send(("shared", shared))
                 elif msg[0] == "stop":
                     server.stop("stop requested")
                     publish()
+                    answer_waiting()
                 elif msg[0] == "exit":
                     server.close()
                     return
@@ -216,13 +284,17 @@ def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train
                 _, _, version, n_images, stats = conn.recv()
             except (EOFError, OSError):
                 del conns[rank]
+                turns.gone(rank)
+                answer_waiting()
                 logger.info("worker %d disconnected", rank)
                 continue
             go_on = server.push(rank, shared.grads[rank], version, n_images, stats)
             publish()
-            try:
-                conn.send("ok" if go_on else "stop")
-            except (BrokenPipeError, OSError):
-                del conns[rank]
+            if go_on:
+                turns.pushed(rank)
+            else:
+                turns.gone(rank)
+                answer(rank, "stop")
+            answer_waiting()
         server.tick()
         shared.set("img_steps_per_s", server.rate)
