@@ -72,7 +72,8 @@ class LossConfig:
     live_only: bool = _f(False, "policy, entropy and cross-entropy terms only on pixels whose action still matters "
                          "(mask_update multiply: m_i(t) = 1); false = every pixel, as eqs. 13-15")
     ce_coef: float = _f(0.0, "weight of a cross-entropy term on the policy logits toward the ground truth (keep "
-                        "object, zero background), class-weighted like the policy term; 0 = none, as the paper")
+                        "object, zero background), class-weighted like the policy term; 0 = none, as the paper; ignored by "
+                        "env.kind refine, whose actions have no such target")
 
 
 @dataclass
@@ -296,8 +297,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError("loss.class_weight_cap and loss.ce_coef must be non-negative")
     if cfg.loss.class_weight_cap and cfg.loss.class_weight_cap < 1:
         raise ConfigError("loss.class_weight_cap must be at least 1 (weights average 1) or 0 for no cap")
-    if cfg.loss.ce_coef > 0 and cfg.env.kind == "refine":
-        raise ConfigError("loss.ce_coef needs env.kind mask (the refinement's actions have no ground-truth target)")
     if cfg.train.active_workers < 0:
         raise ConfigError("train.active_workers must be 0 (auto) or positive")
     if cfg.train.batch_size < 1 or cfg.eval.batch_size < 1:

@@ -139,6 +139,15 @@ def test_bad_option_values(override, words):
         load_config(SMOKE, [override])
 
 
-def test_ce_needs_mask_agents():
-    with pytest.raises(ConfigError, match="env.kind mask"):
-        load_config(SMOKE, ["loss.ce_coef=1", "env.kind=refine"])
+def test_refine_agents_ignore_the_cross_entropy_term():
+    cfg = load_config(SMOKE, ["env.kind=refine", "env.state=stacked", "env.deltas=[0.5, -0.5]"])
+    grads = {}
+    for ce in (0.0, 5.0):
+        cfg.loss.ce_coef = ce
+        torch.manual_seed(1)
+        model = build_model(cfg.model, 2, cfg.env)  # image + coarse map
+        x = torch.rand(2, 2, 16, 16)
+        gt = (torch.rand(2, 1, 16, 16) > 0.7).float()
+        reference_update(model, x, gt, cfg, torch.Generator().manual_seed(3))
+        grads[ce] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert torch.equal(grads[0.0], grads[5.0])
