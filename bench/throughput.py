@@ -97,8 +97,10 @@ def steady_rate(flushes: list[tuple[int, float, float]], start: int, img_steps_p
     ``start`` and the first flush at the final count is exact up to the flush interval (2 s) at
     the end. Workers that push in bursts (all at once, then none for seconds) make a median of
     per-interval rates meaningless; this is not affected. A run too short to have two flushes
-    from ``start`` on is measured from its first flush; one with a single flush gets that flush's
-    logged rate (its whole run, warm-up included); 0.0 without flushes.
+    from ``start`` on is measured from its first flush; one whose updates all came before its first
+    flush gets the logged rate of the first flush at the final count (its whole run, warm-up
+    included; a later flush, such as the one at the server's close, logged no updates); 0.0
+    without flushes.
     """
     final = max((u for u, _, _ in flushes), default=0)
     for first in (start, 0):
@@ -108,7 +110,8 @@ def steady_rate(flushes: list[tuple[int, float, float]], start: int, img_steps_p
             t1 = min(t for t, u in after if u == final)
             if t1 > t0 and final > u0:
                 return (final - u0) * img_steps_per_update / (t1 - t0)
-    return flushes[-1][2] if flushes else 0.0
+    at_final = sorted((t, r) for u, t, r in flushes if u == final)
+    return at_final[0][1] if at_final else 0.0
 
 
 def run_async(args, cfg, store_path: str, workers: int, overrides: list[str]) -> dict:

@@ -39,3 +39,5 @@ def test_steady_rate_counts_updates_between_log_flushes():
     assert steady_rate([(0, 0.0, 0.0), (5, 2.0, 7.0)], 5, 20) == pytest.approx(50.0)
     # a single flush (a run shorter than the flush interval): its own logged rate
     assert steady_rate([(6, 1.5, 31.0)], 1, 20) == 31.0 and steady_rate([], 0, 20) == 0.0
+    # every update before the first flush, then the close's flush with nothing new: the first one's rate
+    assert steady_rate([(6, 1.5, 31.0), (6, 2.2, 0.0)], 1, 20) == 31.0
