@@ -159,9 +159,15 @@ def test_sample_actions_follow_policy():
     assert abs(a.float().mean().item() - 0.75) < 0.02
 
 
-@pytest.mark.parametrize("state,update", [("masked", "replace"), ("stacked", "multiply")])
-def test_onestep_and_full_rollouts_give_equal_gradients(state, update):
-    cfg = smoke_cfg(env__state=state, env__mask_update=update, loss__bootstrap="value")
+@pytest.mark.parametrize("state,update,extra", [
+    ("masked", "replace", {}),
+    ("stacked", "multiply", {}),
+    # issue 17's terms: live-pixel masking, cross-entropy, capped class weights
+    ("masked", "multiply", {"loss__live_only": True, "loss__ce_coef": 1.0, "loss__class_weight_cap": 5.0}),
+    ("masked", "replace", {"loss__live_only": True, "loss__ce_coef": 1.0, "loss__class_weight_cap": 5.0}),
+])
+def test_onestep_and_full_rollouts_give_equal_gradients(state, update, extra):
+    cfg = smoke_cfg(env__state=state, env__mask_update=update, loss__bootstrap="value", **extra)
     torch.manual_seed(1)
     model = build_model(cfg.model, 2, state)
     x = torch.randn(2, 2, 24, 20)
