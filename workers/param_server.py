@@ -10,8 +10,9 @@ tensors (``workers.shared``) and one pipe per worker; the Ray transport is in
 
 ``serve`` writes the counters the launcher made, sends the whole state to each worker over its
 pipe, then waits on every worker's pipe and answers each push with ``"ok"`` (or ``"stop"`` once the
-budget is spent), holding an answer back while ``train.active_workers`` others compute (``Turns``). Control messages from the launcher: ``("add_worker", rank, conn)``,
-``("stop",)``, ``("exit",)``.
+budget is spent), holding an answer back while ``train.active_workers`` others compute
+(``Turns``). Control messages from the launcher: ``("add_worker", rank, conn)``, ``("stop",)``,
+``("exit",)``.
 """
 from __future__ import annotations
 
