@@ -128,12 +128,11 @@ def cv_markdown(results: list[dict]) -> str:
         low = collapsed_seeds(pool[m]["seeds"])
         lines.append(f"- {m}: seeds under {COLLAPSE_FRACTION}x the mean pooled Dice: {low or 'none'}; "
                      f"cells keeping or zeroing every pixel: {cc.get(m) or 'none'}")
-    steps = [r["step_dice"] for r in results if r.get("step_dice")]
-    if steps:
-        by_method = defaultdict(list)
-        for r in results:
-            if r.get("step_dice"):
-                by_method[r["row"]].append(r["step_dice"])
+    by_method = defaultdict(list)  # each cell's Dice per step (PixelDRL-MG only: baselines have none)
+    for r in results:
+        if r.get("step_dice"):
+            by_method[r["row"]].append(r["step_dice"])
+    if by_method:
         lines += ["", "## Dice after each step", ""]
         for m, sd in by_method.items():
             first, last = statistics.fmean(s[0] for s in sd), statistics.fmean(s[-1] for s in sd)
