@@ -16,6 +16,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from a3c.augment import AUGMENT_MODES
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
@@ -122,6 +124,8 @@ class DataConfig:
     val_split: str = _f("val", "split the monitor evaluates")
     test_split: str = _f("test", "split evaluated at the end of a run")
     image_size: int = _f(0, "resize slices to this side (bilinear images, nearest masks); 0 = as stored")
+    augment: str = _f("none", "random transform of each training slice (a3c/augment.py): none (as the paper), "
+                      "flip (left-right mirror, p 1/2) or d4 (one of the 8 symmetries of the square)")
     synth_cases: int = _f(16, "cases of the built-in synthetic store")
     synth_size: int = _f(64, "side of the built-in synthetic store's slices")
 
@@ -305,6 +309,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("set a budget: train.epochs or train.max_updates must be positive")
     if cfg.optim.lr <= 0 or cfg.optim.lr_step_epochs <= 0:
         raise ConfigError("optim.lr and optim.lr_step_epochs must be positive")
+    if cfg.data.augment not in AUGMENT_MODES:
+        raise ConfigError(f"data.augment: expected one of {', '.join(AUGMENT_MODES)}, got {cfg.data.augment!r}")
 
 
 def describe(cfg: Config | None = None) -> str:

@@ -12,7 +12,8 @@ or ``train_baseline(name, store_path, out_dir, ...)`` from Python (returns the t
 Training: Adam (constant learning rate), loss ``monai.losses.DiceCELoss(sigmoid=True)`` (soft Dice
 on sigmoid probabilities, per image, plus binary cross-entropy on the logits, weights 1 and 1).
 Each update draws ``--batch`` distinct random slices of the train split (``SliceStore.sample``);
-one epoch is ``ceil(n_train / batch)`` updates. No augmentation. Every ``--val-every`` updates
+one epoch is ``ceil(n_train / batch)`` updates. ``--augment`` (default none) mirrors or rotates each
+drawn slice (``a3c.augment``), as ``data.augment`` does for PixelDRL-MG. Every ``--val-every`` updates
 (default: one epoch) and after the last update the model's mean per-slice Dice on the val split
 (``a3c.metrics.overlap_metrics``, the same Dice as the test table) is measured; a strictly better
 one is saved atomically to ``DIR/best.pt`` (``--val-split none``: no validation, the final model
@@ -44,6 +45,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from a3c.augment import AUGMENT_MODES, augment_batch
 from a3c.batch import prepare_batch
 from a3c.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from a3c.cli import UsageError, non_negative_int, one_line, positive_float, positive_int, resolve_device
@@ -145,6 +147,7 @@ class _Run:
     image_size: int
     seed: int
     val_every: int
+    augment: str
     progress: bool
     command: dict
 
@@ -153,7 +156,7 @@ def train_baseline(name: str, store_path: str | Path, out_dir: str | Path, *, ep
                    max_updates: int | None = None, batch: int = 8, lr: float = 1e-3, image_size: int = 0,
                    device: str = "auto", seed: int = 0, train_split: str = "train", val_split: str | None = "val",
                    test_split: str = "test", width: float | str = 1.0, val_every: int = 0,
-                   threads: int = 1, progress: bool = True, command: dict | None = None,
+                   threads: int = 1, augment: str = "none", progress: bool = True, command: dict | None = None,
                    log: Callable[[str], None] | None = None) -> dict:
     """Train baseline ``name`` on ``store_path``, keep the best by val Dice in ``out_dir/best.pt``,
     evaluate it on ``test_split``, write ``out_dir/test_metrics.json`` and return that dict.
@@ -173,11 +176,13 @@ def train_baseline(name: str, store_path: str | Path, out_dir: str | Path, *, ep
                    "epochs": epochs, "max_updates": max_updates, "batch": batch, "lr": lr,
                    "image_size": image_size, "device": device, "seed": seed, "train_split": train_split,
                    "val_split": val_split, "test_split": test_split, "width": width, "val_every": val_every,
-                   "threads": threads}
+                   "threads": threads, "augment": augment}
 
     # ---------------------------------------------------------------- validate everything first
     if name not in BASELINES:
         raise BaselineError(f"unknown model {name!r}; known: {', '.join(BASELINES)}")
+    if augment not in AUGMENT_MODES:
+        raise BaselineError(f"unknown augmentation {augment!r}; known: {', '.join(AUGMENT_MODES)}")
     try:
         w = parse_width(width)
     except ValueError as exc:
@@ -211,7 +216,8 @@ def train_baseline(name: str, store_path: str | Path, out_dir: str | Path, *, ep
             torch.set_num_threads(int(threads))
         run = _Run(name, w, store, out, dev, train_split, val_split, test_split, n_train, n_val, n_test,
                    None if epochs is None else float(epochs), None if max_updates is None else int(max_updates),
-                   int(batch), float(lr), int(image_size), int(seed), int(val_every), bool(progress), command)
+                   int(batch), float(lr), int(image_size), int(seed), int(val_every), augment, bool(progress),
+                   command)
         return _train(run, log or (lambda line: None), t_start)
     finally:
         store.close()
@@ -270,6 +276,7 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
     try:
         for u in range(1, total + 1):
             images, masks, _ = store.sample(r.train_split, r.batch, rng)
+            images, masks = augment_batch(images, masks, r.augment, rng)
             x, g = prepare_batch(images, masks, dev, r.image_size)
             loss = loss_fn(model(x), g)
             opt.zero_grad(set_to_none=True)
@@ -318,7 +325,8 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
         "train_split": r.train_split, "val_split": r.val_split, "data": str(Path(store.path).resolve()),
         "checkpoint": str(ckpt_path.resolve()), "updates": total, "epochs": total / per_epoch,
         "batch": r.batch, "lr": r.lr, "seed": r.seed, "loss": LOSS_NAME, "optimizer": "Adam (constant lr)",
-        "threshold": THRESHOLD, "best_update": best_update, "best_val_dice": best if r.val_split else None,
+        "threshold": THRESHOLD, "augment": r.augment, "best_update": best_update,
+        "best_val_dice": best if r.val_split else None,
         "val_history": history, "device": str(dev), "threads": torch.get_num_threads(),
         "train_s": train_s, "wall_s": wall, "command": r.command,
         "per_image": res.per_image,
@@ -368,6 +376,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="torch intra-op CPU threads (default 1, as PixelDRL-MG's workers; 0 = torch's "
                          "default, one per core: faster on an idle machine, up to 100x slower on one "
                          "shared with other jobs, see docs/BASELINES.md)")
+    ap.add_argument("--augment", choices=AUGMENT_MODES, default="none",
+                    help="random transform of each training slice (a3c/augment.py; default none)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
 
@@ -383,7 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        batch=args.batch, lr=args.lr, image_size=args.image_size, device=args.device,
                        seed=args.seed, train_split=args.train_split, val_split=args.val_split,
                        test_split=args.test_split, width=args.width, val_every=args.val_every,
-                       threads=args.threads, progress=not args.no_progress, command=command, log=print)
+                       threads=args.threads, augment=args.augment, progress=not args.no_progress,
+                       command=command, log=print)
     except (BaselineError, StoreError, CheckpointError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2

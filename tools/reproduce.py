@@ -160,10 +160,11 @@ def command(cell: Cell, args, run: Path, resume: bool, data: str | None = None) 
         return py + ["-m", "a3c.launch", "--workers", str(args.workers), "--data", data, "--run-dir", str(run),
                      "--device", args.device, "--no-progress", *(["--config", args.config] if args.config else []),
                      *overrides, *scaled_budget(cfg, args.budget)]
-    size = load_config(args.config).data.image_size
+    data_cfg = load_config(args.config).data  # same input size and augmentation as PixelDRL-MG
     return py + ["-m", "baselines.train", cell.method, "--data", args.data, "--out", str(run),
                  "--epochs", f"{max(args.baseline_epochs * args.budget, 1e-3):g}", "--width", args.baseline_width,
-                 "--image-size", str(size), "--seed", str(cell.seed), "--device", args.device, "--no-progress",
+                 "--image-size", str(data_cfg.image_size), "--augment", data_cfg.augment,
+                 "--seed", str(cell.seed), "--device", args.device, "--no-progress",
                  "--train-split", cell.train_split, "--val-split", cell.val_split, "--test-split", cell.test_split]
 
 

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from a3c.augment import augment_batch
 from a3c.batch import prepare_batch
 from a3c.config import config_from_dict
 from a3c.model import build_model, tune_for_training
@@ -60,6 +61,7 @@ def run_worker(logger, rank: int, cfg_dict: dict, store_path: str, image_channel
     while True:
         version = link.pull(local)
         images, masks, _ = store.sample(cfg.data.train_split, cfg.train.batch_size, rng)
+        images, masks = augment_batch(images, masks, cfg.data.augment, rng)
         x, g = prepare_batch(images, masks, device, cfg.data.image_size)
         link.grad.zero_()  # the server has consumed it: it answered our last push
         stats = reference_update(model, x, g, cfg, gen)
