@@ -9,7 +9,7 @@ Mask update (``env.mask_update``):
     then decides the final mask, so every step gets full credit in the returns.
   * ``replace``  : m(t+1) = a(t). Later steps can add pixels back (ablation). With eq. 12's
     rewards the returns telescope and a step before the last is credited only (1 - gamma) of
-    its effect; measured on the synthetic set it learns far slower (README).
+    its effect; measured on the synthetic set it learns far slower (docs/RESULTS.md).
 State given to the network (``env.state``):
   * ``masked``   : X(t) = I * m(t), the paper's input (Fig. 1).
   * ``stacked``  : channels [I, m(t)], which keeps the intensity of zeroed pixels.

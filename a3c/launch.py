@@ -142,7 +142,7 @@ def oversubscribed(workers: int, threads: int, cores: int, active: int) -> str |
     fit = max(1, cores // threads)
     return (f"warning: {workers} workers x {threads} thread(s) on {cores} CPU core(s) train no faster than {fit}, "
             f"and each gradient arrives about {workers - 1} updates stale (8 workers on 2 cores trained worse: "
-            f"README, \"Workers and staleness\"); consider --workers {fit} or train.active_workers=0")
+            f"docs/RESULTS.md, \"Workers, staleness and taking turns\"); consider --workers {fit} or train.active_workers=0")
 
 
 def shared_gpu_hint(workers: int, mps: bool, cudnn_benchmark: bool) -> str | None:

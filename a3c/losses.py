@@ -18,7 +18,7 @@ steps. Optionally (``loss.class_balance`` = beta > 0) the policy and value means
 per pixel by its class's share of the image to the power -beta (``class_weights``): the paper
 is silent here, and with small objects the plain pixel mean drives the policy to "zero
 everything" (REINFORCE's push on the rare class vanishes once its action is rarely sampled).
-Three further departures from the paper, each a config option (README, "The method, as implemented"):
+Three further departures from the paper, each a config option (docs/METHOD.md):
 ``loss.live_only`` drops the policy and entropy terms of pixels already zeroed under ``multiply``
 (their actions change nothing), ``loss.class_weight_cap`` bounds the class weights, and
 ``loss.ce_coef`` adds a cross-entropy term toward the ground truth, whose gradient does not

@@ -1,4 +1,4 @@
-"""Segmentation metrics of PixelDRL-MG (paper, section "Evaluation"; DESIGN.md section 5).
+"""Segmentation metrics of PixelDRL-MG (paper, section "Evaluation"; docs/METRICS.md).
 
 All functions are pure, numpy/scipy based, and take 2D masks of shape [H, W] as anything
 ``np.asarray`` accepts (numpy arrays, lists, torch CPU tensors; a tensor that requires grad is

@@ -162,7 +162,7 @@ def test_sample_actions_follow_policy():
 @pytest.mark.parametrize("state,update,extra", [
     ("masked", "replace", {}),
     ("stacked", "multiply", {}),
-    # issue 17's terms: live-pixel masking, cross-entropy, capped class weights
+    # the options for real patients: live-pixel masking, cross-entropy, capped class weights
     ("masked", "multiply", {"loss__live_only": True, "loss__ce_coef": 1.0, "loss__class_weight_cap": 5.0}),
     ("masked", "replace", {"loss__live_only": True, "loss__ce_coef": 1.0, "loss__class_weight_cap": 5.0}),
 ])

@@ -37,7 +37,7 @@ def test_real_lgg_conversion(converted):
     s = SliceStore(out)
     assert s.image_shape == (3, 256, 256)
     assert len(s.cases("all")) == 8
-    assert s.n == 96  # slices with tumour (README table)
+    assert s.n == 96  # slices with tumour (docs/DATA.md, "Example outputs")
     assert s.attrs["n_slices_read"] == 241
     splits = {name: set(s.cases(name)) for name in ("train", "val", "test")}
     assert all(splits.values())

@@ -1,4 +1,4 @@
-"""The direction of imports (DESIGN.md section 6), checked on the source with ``ast``."""
+"""The direction of imports (README.md, "Layout"), checked on the source with ``ast``."""
 from __future__ import annotations
 
 import ast

@@ -1,7 +1,7 @@
 """Issue 3's learning check: the reference update, single process, makes the greedy policy segment.
 
 The data are generated blobs (bright discs in noise): the built-in synthetic store is hard by
-design and takes the default network minutes to learn (README, "Measured results"); this test
+design and takes the default network minutes to learn (docs/RESULTS.md); this test
 shows, within a minute, that the RL machinery itself learns.
 """
 import numpy as np

@@ -1,4 +1,4 @@
-"""The loss and initialisation options of issue 17: live-pixel terms, cross-entropy, capped class
+"""The loss and initialisation options for real patients: live-pixel terms, cross-entropy, capped class
 weights, Kaiming init; hand-worked numbers where the maths is new."""
 from __future__ import annotations
 
