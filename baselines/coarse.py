@@ -13,8 +13,9 @@ slices, splits and ground truth as PixelDRL-MG on ``IN.h5``. The attribute ``coa
 the checkpoint. The output is written to a temporary file beside it and renamed when complete.
 
 Exit status 0; 2 on bad input (unreadable store or checkpoint, a checkpoint that is not a
-baseline's, channels that do not match, an existing output without ``--overwrite``) with one
-``error: ...`` line on stderr and no output file.
+baseline's, channels that do not match, an existing output without ``--overwrite``, an output
+that is a folder, FIFO, device or socket) with one ``error: ...`` line on stderr and no output
+file; 130 on Ctrl-C and 143 on SIGTERM, with the temporary file removed.
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from a3c.batch import prepare_batch
 from a3c.checkpoint import CheckpointError
+from a3c.fileio import TargetError, check_target, interrupt_status, make_temp, sigterm_as_interrupt
 from a3c.cli import UsageError, positive_int, resolve_device
 from baselines.train import model_from_baseline_checkpoint
 from datasets.store import SliceStore, StoreError
@@ -53,7 +54,7 @@ def coarse_maps(model: torch.nn.Module, images: np.ndarray, masks: np.ndarray, i
 def write_coarse_store(ckpt_path: str | Path, data: str | Path, out: str | Path, device: str = "auto",
                        batch: int = 32, overwrite: bool = False, progress: bool = True) -> Path:
     """Make ``out``: ``data`` with the baseline's probability map as a last image channel. Returns ``out``."""
-    out = Path(out)
+    out = check_target(out)  # a folder, FIFO, device or socket is never replaced
     if out.exists() and not overwrite:
         raise UsageError(f"{out}: exists (--overwrite replaces it)")
     if out.resolve() == Path(data).resolve():
@@ -69,8 +70,7 @@ def write_coarse_store(ckpt_path: str | Path, data: str | Path, out: str | Path,
         raise UsageError(f"{data}: images have {c} channels, the baseline {ckpt_path} takes {ckpt['image_channels']}")
     used = ckpt.get("image_size") or [h, w]
     image_size = int(used[0]) if list(used) != [h, w] else 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, tmp = make_temp(out)  # mode 0o666 & ~umask, like an ordinary open()
     os.close(fd)
     try:
         from tqdm import tqdm
@@ -97,6 +97,7 @@ def write_coarse_store(ckpt_path: str | Path, data: str | Path, out: str | Path,
                 images[start:start + len(idx)] = np.concatenate([imgs, probs], axis=1)
                 bar.update(len(idx))
             bar.close()
+        check_target(out)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -116,11 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     try:
-        path = write_coarse_store(args.ckpt, args.data, args.out, args.device, args.batch, args.overwrite,
-                                  not args.no_progress)
-    except (UsageError, StoreError, CheckpointError) as exc:
+        with sigterm_as_interrupt():
+            path = write_coarse_store(args.ckpt, args.data, args.out, args.device, args.batch, args.overwrite,
+                                      not args.no_progress)
+    except (UsageError, StoreError, CheckpointError, TargetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print("interrupted; no output written", file=sys.stderr)
+        return interrupt_status(exc)
     print(path)
     return 0
 

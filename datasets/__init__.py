@@ -6,5 +6,6 @@
 - ``datasets.synth``   -- ``python -m datasets.synth`` / ``make_synthetic_store(...)``
 - ``datasets.inspect`` -- ``python -m datasets.inspect FILE.h5 [--json]``
 
-This package imports no other project code. Importing it is cheap (nothing is imported here).
+This package imports no other project code except ``a3c.fileio`` (standard library only: output
+checks, temporary files, SIGTERM). Importing it is cheap (nothing is imported here).
 """

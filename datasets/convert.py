@@ -8,7 +8,11 @@
     python -m datasets.convert nifti-pairs SRC --out FILE.h5 --images GLOB --labels GLOB [--pair-by key|order]
 
 Common options: ``--split 70/10/20 --seed 0 --keep-negatives --overwrite --channels LIST
---size S|HxW --label N --percentiles 0.5,99.5 --compression none|lzf|gzip --quiet``.
+--size S|HxW --label N --percentiles 0.5,99.5 --compression none|lzf|gzip --quiet``. The split's
+three percentages must sum to 100; ``--size`` sides are at most 4096; ``0 <= --seed < 2**63``.
+``msd-heart`` and ``nifti-pairs`` refuse a label whose affine differs from its image's (by more
+than 0.001 mm) unless ``--allow-affine-mismatch``. A split asked for that too few cases leave
+empty (e.g. val and test of a 1-case conversion) gives a warning on stderr.
 
 Readings of each layout
 -----------------------
@@ -50,7 +54,8 @@ multi-label file); NaN/inf voxels are an error; every case is normalised over al
 (see ``datasets.writer``), then empty-mask slices are dropped unless ``--keep-negatives``;
 ``--size`` resizes every slice (linear for images, linear then >= 0.5 for masks) so that cases of
 different in-plane sizes can share a store. Any bad input ends the run with a one-line message
-naming the file, exit status 2, and no output file.
+naming the file, exit status 2, and no output file; so do an output path that is a folder, FIFO,
+device or socket (``--overwrite`` replaces regular files only), Ctrl-C and SIGTERM (exit 130, 143).
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from a3c.fileio import interrupt_status, sigterm_as_interrupt
+
 from .store import SliceStore
 from .writer import (
     ConvertError,
@@ -79,6 +86,9 @@ from .writer import (
 
 KINDS = ("lgg", "msd-heart", "hecktor", "nifti-pairs")
 LGG_CHANNELS = ("pre-contrast", "FLAIR", "post-contrast")
+MAX_SIZE = 4096      # --size bound: a 4096 x 4096 float32 slice is 64 MiB per channel
+SEED_LIMIT = 2 ** 63  # seeds are stored as int64
+AFFINE_ATOL = 1e-3   # mm; image and label affines closer than this match (float32 headers)
 
 
 @dataclass
@@ -162,10 +172,16 @@ def label_to_slices(arr: np.ndarray, path: Path) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(arr, 2, 0))
 
 
-def load_nifti_case(case: CaseSource, label: float | None = None) -> CaseData:
-    """Image + label NIfTI pair -> CaseData (checks shapes, finiteness, label values)."""
-    img, _, zooms = read_nifti(case.image, as_float=True)
-    lab, _, _ = read_nifti(case.mask, as_float=False)
+def affine_mismatch(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Largest element difference of two voxel-to-world affines, None when they match."""
+    diff = float(np.max(np.abs(np.asarray(a, float) - np.asarray(b, float))))
+    return None if diff <= AFFINE_ATOL else diff
+
+
+def load_nifti_case(case: CaseSource, label: float | None = None, allow_affine_mismatch: bool = False) -> CaseData:
+    """Image + label NIfTI pair -> CaseData (checks shapes, affines, finiteness, label values)."""
+    img, a_img, zooms = read_nifti(case.image, as_float=True)
+    lab, a_lab, _ = read_nifti(case.mask, as_float=False)
     check_finite(img, case.image)
     spatial = img.shape[:3] if img.ndim >= 3 else img.shape + (1,)
     lab_shape = lab.shape[:3] if lab.ndim >= 3 else lab.shape + (1,)
@@ -174,6 +190,10 @@ def load_nifti_case(case: CaseSource, label: float | None = None) -> CaseData:
     if lab_shape != spatial:
         raise ConvertError(f"{case.mask}: mask shape {lab_shape} differs from image shape {spatial} of {case.image.name}")
     masks = binarise_mask(label_to_slices(lab, case.mask), case.mask, label)
+    diff = affine_mismatch(a_img, a_lab)
+    if diff is not None and not allow_affine_mismatch:
+        raise ConvertError(f"{case.mask}: affine differs from that of its image {case.image.name} (by up to "
+                           f"{diff:.3g} mm); --allow-affine-mismatch accepts it voxel for voxel")
     images = volume_to_slices(img, case.image)
     spacing = (zooms[0], zooms[1]) if len(zooms) >= 2 else None
     return CaseData(images, masks, np.arange(images.shape[0]), spacing, case.image)
@@ -225,19 +245,31 @@ def discover_lgg(src: Path) -> list[CaseSource]:
     return cases
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def read_tiff(path: Path) -> np.ndarray:
+    """A TIFF's pixels; ConvertError naming the file when it is truncated, corrupt or holds none."""
+    import logging
+
     import tifffile
 
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # its warnings would be a second line; the error says it all
     try:
-        return np.asarray(tifffile.imread(str(path)))
+        arr = np.asarray(tifffile.imread(str(path)))
     except Exception as exc:
-        raise ConvertError(f"{path}: cannot read TIFF ({_one_line(exc)})") from None
+        raise ConvertError(f"{path}: cannot read TIFF, truncated or corrupt ({_one_line(exc)})") from None
+    finally:
+        log.setLevel(level)
+    if arr.size == 0:
+        raise ConvertError(f"{path}: cannot read TIFF, truncated or corrupt (no image data in it)")
+    return arr
+
 
 
 def load_lgg(case: CaseSource) -> CaseData:
     images, masks = [], []
     for n, ip, mp in case.slices:
-        img = _read_tiff(ip)
+        img = read_tiff(ip)
         if img.ndim == 2:
             img = img[None]
         elif img.ndim == 3 and img.shape[-1] <= 4:
@@ -245,7 +277,7 @@ def load_lgg(case: CaseSource) -> CaseData:
         else:
             raise ConvertError(f"{ip}: expected an HxW or HxWxC image, got shape {img.shape}")
         check_finite(img, ip)
-        mask = _read_tiff(mp)
+        mask = read_tiff(mp)
         if mask.ndim == 3 and mask.shape[-1] <= 4 and all(np.array_equal(mask[..., 0], mask[..., c]) for c in range(mask.shape[-1])):
             mask = mask[..., 0]
         if mask.shape != img.shape[1:]:
@@ -508,10 +540,35 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     if text in (None, ""):
         return None
     m = re.fullmatch(r"(\d+)(?:x(\d+))?", str(text))
-    if not m or int(m.group(1)) < 1 or (m.group(2) and int(m.group(2)) < 1):
+    if not m:
         raise ValueError(f"--size must be S or HxW (pixels), got {text!r}")
     h = int(m.group(1))
-    return (h, int(m.group(2)) if m.group(2) else h)
+    hw = (h, int(m.group(2)) if m.group(2) else h)
+    if not all(1 <= v <= MAX_SIZE for v in hw):
+        raise ValueError(f"--size must be S or HxW with sides from 1 to {MAX_SIZE} pixels, got {text!r}")
+    return hw
+
+
+def check_seed(seed: int) -> int:
+    """The seed if 0 <= seed < 2**63 (it is stored as int64), else ValueError."""
+    if not 0 <= int(seed) < SEED_LIMIT:
+        raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1, got {seed}")
+    return int(seed)
+
+
+def empty_splits(summary: dict, ratios: Sequence[float]) -> list[str]:
+    """Splits that ``ratios`` asked for (ratio > 0) but the store left empty (too few cases)."""
+    return [s for s, r in zip(("train", "val", "test"), ratios) if r > 0 and summary["splits"][s]["slices"] == 0]
+
+
+def empty_split_warning(summary: dict, ratios: Sequence[float]) -> str | None:
+    """One warning line ``OUT: ...`` when a split asked for is empty, else None."""
+    empty = empty_splits(summary, ratios)
+    if not empty:
+        return None
+    split = "/".join(f"{r:g}" for r in ratios)
+    return (f"{summary['out']}: split(s) {', '.join(empty)} empty: {summary['cases']} case(s) cannot fill "
+            f"--split {split}; training needs non-empty train and val splits")
 
 
 def parse_percentiles(text: str) -> tuple[float, float]:
@@ -563,6 +620,7 @@ def convert(
     images: str | None = None,
     labels: str | None = None,
     pair_by: str = "key",
+    allow_affine_mismatch: bool = False,
     bbox: str | Path | None = None,
     resample: float = 1.0,
     compression: str | None = None,
@@ -582,8 +640,7 @@ def convert(
     ratios = parse_split(split) if isinstance(split, str) else tuple(float(x) for x in split)
     chans = parse_channels(channels) if isinstance(channels, (str, type(None))) else list(channels)
     size_hw = parse_size(size) if isinstance(size, (str, type(None))) else tuple(size)
-    if seed < 0:
-        raise ValueError("--seed must be >= 0")
+    check_seed(seed)
     check_output(out, overwrite)
 
     extra: dict = {}
@@ -596,12 +653,12 @@ def convert(
         info = read_dataset_json(src)
         if info is not None:
             extra["dataset_json"] = json.dumps(info)
-        load = lambda c: load_nifti_case(c, label)  # noqa: E731
+        load = lambda c: load_nifti_case(c, label, allow_affine_mismatch)  # noqa: E731
     elif kind == "nifti-pairs":
         if pair_by not in ("key", "order"):
             raise ValueError("--pair-by must be key or order")
         cases = discover_pairs(src, images or "", labels or "", pair_by)
-        load = lambda c: load_nifti_case(c, label)  # noqa: E731
+        load = lambda c: load_nifti_case(c, label, allow_affine_mismatch)  # noqa: E731
     else:
         cases = discover_hecktor(src)
         boxes = read_bbox_csv(Path(bbox)) if bbox else None
@@ -623,6 +680,7 @@ def convert(
             "kind": kind, "src": str(src), "out": str(out), "split": "/".join(f"{r:g}" for r in ratios),
             "seed": seed, "keep_negatives": keep_negatives, "channels": chans, "size": size_hw, "label": label,
             "images": images, "labels": labels, "pair_by": pair_by, "bbox": str(bbox) if bbox else None,
+            "allow_affine_mismatch": allow_affine_mismatch,
             "resample": resample, "compression": compression, "percentiles": list(percentiles),
         }),
         **extra,
@@ -670,7 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("src", help="source folder")
     common.add_argument("--out", required=True, help="output store (.h5)")
-    common.add_argument("--split", default="70/10/20", help="train/val/test ratios over cases (default 70/10/20)")
+    common.add_argument("--split", default="70/10/20",
+                        help="train/val/test percentages over cases, summing to 100 (default 70/10/20)")
     common.add_argument("--seed", type=int, default=0, help="seed of the split, k-shot subsets and folds (default 0)")
     common.add_argument("--keep-negatives", action="store_true", help="keep slices with an empty mask")
     common.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -689,11 +748,14 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Convert a dataset into a PixelDRL-MG slice store (HDF5).")
     sub = ap.add_subparsers(dest="kind", required=True, metavar="KIND")
     sub.add_parser("lgg", parents=[common], help="Kaggle LGG kaggle_3m TIFF layout")
-    sub.add_parser("msd-heart", parents=[common], help="MSD layout (dataset.json, imagesTr/, labelsTr/)")
+    affine = argparse.ArgumentParser(add_help=False)
+    affine.add_argument("--allow-affine-mismatch", action="store_true",
+                        help="accept a label whose affine differs from its image's (used voxel for voxel)")
+    sub.add_parser("msd-heart", parents=[common, affine], help="MSD layout (dataset.json, imagesTr/, labelsTr/)")
     p = sub.add_parser("hecktor", parents=[common], help="HECKTOR PET + GTVt NIfTI")
     p.add_argument("--bbox", default=None, help="bbox.csv (PatientID,x1,x2,y1,y2,z1,z2 in mm) to crop and resample")
     p.add_argument("--resample", type=float, default=1.0, help="output spacing in mm with --bbox (default 1.0)")
-    p = sub.add_parser("nifti-pairs", parents=[common], help="image/label NIfTI pairs found by globs")
+    p = sub.add_parser("nifti-pairs", parents=[common, affine], help="image/label NIfTI pairs found by globs")
     p.add_argument("--images", required=True, help="glob of image files relative to SRC")
     p.add_argument("--labels", required=True, help="glob of label files relative to SRC")
     p.add_argument("--pair-by", default="key", choices=["key", "order"],
@@ -710,27 +772,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         chans = parse_channels(args.channels)
         size_hw = parse_size(args.size)
         percentiles = parse_percentiles(args.percentiles)
-        if args.seed < 0:
-            raise ValueError("--seed must be >= 0")
+        check_seed(args.seed)
         if getattr(args, "resample", 1.0) <= 0:
             raise ValueError("--resample must be a positive number of mm")
-    except ValueError as exc:
-        ap.error(_one_line(exc))  # exit 2
+    except ValueError as exc:  # checked before any input is read: one line, exit 2
+        print(f"datasets.convert: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     try:
-        summary = convert(
-            args.kind, args.src, args.out, split=ratios, seed=args.seed, keep_negatives=args.keep_negatives,
-            overwrite=args.overwrite, channels=chans, size=size_hw, label=args.label,
-            images=getattr(args, "images", None), labels=getattr(args, "labels", None),
-            pair_by=getattr(args, "pair_by", "key"), bbox=getattr(args, "bbox", None),
-            resample=getattr(args, "resample", 1.0), compression=args.compression,
-            percentiles=percentiles, progress=False if args.quiet else None, arguments=arguments,
-        )
+        with sigterm_as_interrupt():
+            summary = convert(
+                args.kind, args.src, args.out, split=ratios, seed=args.seed, keep_negatives=args.keep_negatives,
+                overwrite=args.overwrite, channels=chans, size=size_hw, label=args.label,
+                images=getattr(args, "images", None), labels=getattr(args, "labels", None),
+                pair_by=getattr(args, "pair_by", "key"), bbox=getattr(args, "bbox", None),
+                allow_affine_mismatch=getattr(args, "allow_affine_mismatch", False),
+                resample=getattr(args, "resample", 1.0), compression=args.compression,
+                percentiles=percentiles, progress=False if args.quiet else None, arguments=arguments,
+            )
     except (ConvertError, OSError) as exc:
         print(f"datasets.convert: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("datasets.convert: interrupted; no output written", file=sys.stderr)
-        return 130
+        return interrupt_status(exc)
+    warning = empty_split_warning(summary, ratios)
+    if warning:
+        print(f"datasets.convert: warning: {warning}", file=sys.stderr)
     if not args.quiet:
         print(format_summary(summary))
     return 0

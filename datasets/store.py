@@ -33,6 +33,11 @@ form the test part, the other four folds the train part), and the patient-level 
 splits ``cv{K}/fold{k}/train|val|test`` for 2 <= K <= cases, 0 <= k < K (``cv_folds``: fold k's
 cases are the test part, one case of fold k+1 the validation part, the rest the train part).
 
+Values: the constructor also reads a sample of up to ``CHECK_SLICES`` evenly spaced slices (the
+first and the last included) and refuses the store if a sampled image holds NaN or infinite
+values or a sampled mask a value other than 0 and 1. Converted stores always pass; the sample
+catches hand-made stores cheaply (a few milliseconds), not a single bad slice among thousands.
+
 Process safety: the constructor validates the file and closes it. The HDF5 handle is opened
 lazily, read-only, on the first data access and re-opened when ``os.getpid()`` changes (after a
 fork); pickling drops it, so a store can be handed to ``torch.multiprocessing`` spawn children.
@@ -51,6 +56,7 @@ import numpy as np
 SCHEMA_VERSION = 1
 SUBSET_SIZES = (50, 100)
 N_FOLDS = 5
+CHECK_SLICES = 32  # slices whose values the constructor checks
 
 REQUIRED = (
     "images",
@@ -161,6 +167,9 @@ class SliceStore:
             self.n = int(n)
             self.image_shape: tuple[int, int, int] = tuple(int(x) for x in images.shape[1:])
             self.attrs: dict = {k: _plain(v) for k, v in f.attrs.items()}
+            problem = sample_problem(images, masks)
+            if problem:
+                raise StoreError(f"{self.path}: {problem}")
         except StoreError:
             raise
         except Exception as exc:
@@ -373,6 +382,28 @@ class SliceStore:
             idx = pool[s:s + int(batch_size)]
             images, masks = self.read(idx)
             yield images, masks, idx
+
+
+def sample_indices(n: int, k: int = CHECK_SLICES) -> list[int]:
+    """Up to ``k`` evenly spaced slice indices of ``n``, first and last included."""
+    return sorted(set(np.linspace(0, n - 1, min(n, k)).round().astype(int).tolist()))
+
+
+def sample_problem(images, masks, k: int = CHECK_SLICES) -> str | None:
+    """What is wrong with the values of a sample of slices (``sample_indices``), or None.
+
+    ``images`` must be finite, ``masks`` 0 or 1; both are array-likes indexed per slice.
+    """
+    for i in sample_indices(len(images), k):
+        img = np.asarray(images[i])
+        if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
+            return f"images hold NaN or infinite values (slice {i}; a store must hold finite values)"
+        m = np.asarray(masks[i])
+        bad = m[(m != 0) & (m != 1)]
+        if bad.size:
+            shown = ", ".join(f"{v:g}" for v in np.unique(bad)[:5])
+            return f"masks hold values other than 0 and 1 (slice {i}: {shown})"
+    return None
 
 
 def _raw_chunk_ok(ds: h5py.Dataset) -> bool:

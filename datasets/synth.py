@@ -42,6 +42,8 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from a3c.fileio import interrupt_status, sigterm_as_interrupt
+
 from .writer import ConvertError, StoreWriter, check_output, parse_split
 
 DEFAULTS = {"cases": 16, "size": 64, "slices": 12, "seed": 0}
@@ -143,8 +145,8 @@ def make_synthetic_store(
     ConvertError if ``path`` exists and not ``overwrite``.
     """
     path = Path(path)
-    if cases < 1 or size < 16 or slices < 1 or seed < 0:
-        raise ValueError("need cases >= 1, size >= 16, slices >= 1, seed >= 0")
+    if cases < 1 or not 16 <= size <= 4096 or slices < 1 or not 0 <= seed < 2 ** 63:
+        raise ValueError("need cases >= 1, 16 <= size <= 4096, slices >= 1, 0 <= seed < 2**63")
     ratios = parse_split(split) if isinstance(split, str) else tuple(float(x) for x in split)
     check_output(path, overwrite)
     args = {"cases": cases, "size": size, "seed": seed, "slices": slices,
@@ -170,24 +172,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=DEFAULTS["size"], help="slice size in pixels (default 64)")
     ap.add_argument("--slices", type=int, default=DEFAULTS["slices"], help="slices per case (default 12)")
     ap.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed (default 0)")
-    ap.add_argument("--split", default="70/10/20", help="train/val/test ratios over cases (default 70/10/20)")
+    ap.add_argument("--split", default="70/10/20",
+                    help="train/val/test percentages over cases, summing to 100 (default 70/10/20)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = ap.parse_args(argv)
     try:
         ratios = parse_split(args.split)
-        if args.cases < 1 or args.size < 16 or args.slices < 1 or args.seed < 0:
-            raise ValueError("need --cases >= 1, --size >= 16, --slices >= 1, --seed >= 0")
-    except ValueError as exc:
-        ap.error(str(exc))
+        if args.cases < 1 or not 16 <= args.size <= 4096 or args.slices < 1 or not 0 <= args.seed < 2 ** 63:
+            raise ValueError("need --cases >= 1, 16 <= --size <= 4096, --slices >= 1, 0 <= --seed < 2**63")
+    except ValueError as exc:  # one line, exit 2
+        print(f"datasets.synth: error: {exc}", file=sys.stderr)
+        return 2
     try:
-        make_synthetic_store(args.out, cases=args.cases, size=args.size, seed=args.seed, slices=args.slices,
-                             split=ratios, overwrite=args.overwrite)
+        with sigterm_as_interrupt():
+            make_synthetic_store(args.out, cases=args.cases, size=args.size, seed=args.seed, slices=args.slices,
+                                 split=ratios, overwrite=args.overwrite)
     except (ConvertError, OSError) as exc:
         print(f"datasets.synth: error: {exc}", file=sys.stderr)
         return 2
-    from .convert import format_summary, summarize
+    except KeyboardInterrupt as exc:
+        print("datasets.synth: interrupted; no output written", file=sys.stderr)
+        return interrupt_status(exc)
+    from .convert import empty_split_warning, format_summary, summarize
 
-    print(format_summary(summarize(args.out)))
+    summary = summarize(args.out)
+    warning = empty_split_warning(summary, ratios)
+    if warning:
+        print(f"datasets.synth: warning: {warning}", file=sys.stderr)
+    print(format_summary(summary))
     return 0
 
 

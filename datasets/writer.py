@@ -6,7 +6,10 @@ set of rules:
 
 * **Atomic output.** Data go to a temporary file ``.<name>.<random>.tmp`` in the output's
   folder; only a completed store is moved to the output path with ``os.replace``. On any error
-  (including Ctrl-C) the temporary file is removed and nothing is left at the output path.
+  (including Ctrl-C, and SIGTERM in the command-line tools) the temporary file is removed and
+  nothing is left at the output path. The store gets the mode ``open()`` would give
+  (``0o666 & ~umask``). An output that is a folder, FIFO, device or socket is refused, even with
+  ``overwrite``.
 * **Normalisation** (:func:`normalise_case`): per case and per channel, clip to the 0.5th and
   99.5th percentiles (``percentiles``; converters' ``--percentiles``) of the case's nonzero voxels (all of its slices, before negatives are
   dropped), then scale linearly to [0, 1]. Zero stays the darkest value, which fits the
@@ -30,12 +33,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import h5py
 import numpy as np
+
+from a3c.fileio import make_temp, special_kind
 
 from .store import SCHEMA_VERSION, SUBSET_SIZES, N_FOLDS
 
@@ -62,7 +66,7 @@ class ConvertError(Exception):
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
-    """Parse ``"70/10/20"`` into three non-negative ratios (train, val, test) with a positive sum."""
+    """Parse ``"70/10/20"`` into three non-negative percentages (train, val, test) summing to 100."""
     parts = str(text).split("/")
     try:
         values = tuple(float(p) for p in parts)
@@ -70,6 +74,8 @@ def parse_split(text: str) -> tuple[float, float, float]:
         values = ()
     if len(values) != 3 or any(not np.isfinite(v) or v < 0 for v in values) or sum(values) <= 0:
         raise ValueError(f"--split must be three non-negative numbers like 70/10/20, got {text!r}")
+    if abs(sum(values) - 100) > 1e-6:
+        raise ValueError(f"--split percentages must sum to 100, got {text!r} (sum {sum(values):g})")
     return values  # type: ignore[return-value]
 
 
@@ -202,10 +208,12 @@ def binarise_mask(arr: np.ndarray, source: os.PathLike | str, label: float | Non
 
 
 def check_output(out: os.PathLike | str, overwrite: bool) -> Path:
-    """Refuse an existing output without ``overwrite``; refuse a directory always."""
+    """Refuse an existing output without ``overwrite``; refuse always a folder, FIFO, device or
+    socket (``--overwrite`` replaces regular files only)."""
     out = Path(out)
-    if out.is_dir():
-        raise ConvertError(f"{out}: output path is a directory")
+    kind = special_kind(out)
+    if kind is not None:
+        raise ConvertError(f"{out}: output exists and is {kind}, not a regular file; refusing to replace it")
     if out.exists() and not overwrite:
         raise ConvertError(f"{out}: output exists (use --overwrite to replace it)")
     return out
@@ -264,10 +272,8 @@ class StoreWriter:
 
     # context manager -------------------------------------------------------------------
     def __enter__(self) -> "StoreWriter":
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent)
+        fd, self._tmp = make_temp(self.out)  # mode 0o666 & ~umask, like an ordinary open()
         os.close(fd)
-        self._tmp = Path(name)
         try:
             self._h5 = h5py.File(self._tmp, "w")
         except BaseException:
@@ -420,6 +426,7 @@ class StoreWriter:
         h5.flush()
         h5.close()
         self._h5 = None
+        check_output(self.out, True)  # nothing special appeared at the output meanwhile
         os.replace(self._tmp, self.out)
         self._tmp = None
         self.n_slices = n

@@ -12,8 +12,9 @@ config, ``a3c.evaluate.evaluate_checkpoint``); every slice of the split runs a g
 (DICE, PPV, SEN, IoU, BIoU, HD95), aggregated over slices as mean ± sd (population sd).
 
 Exit status: 0 on success; 2 on bad input (missing or unreadable checkpoint, store errors,
-unknown split, channel mismatch, ``--device cuda`` without CUDA), with one ``error: ...`` line on
-stderr and no JSON file written.
+unknown split, channel mismatch, ``--device cuda`` without CUDA, a ``--json`` path that cannot be
+written: checked before the evaluation), with one ``error: ...`` line on stderr and no JSON file
+written; 130 on Ctrl-C, 143 on SIGTERM.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from a3c.fileio import write_json_atomic
+from a3c.fileio import TargetError, interrupt_status, probe_writable, sigterm_as_interrupt, write_json_atomic
 from a3c.metrics import METRIC_KEYS
 from a3c.cli import UsageError, non_negative_int, one_line, positive_int, resolve_device
 
@@ -140,6 +141,8 @@ def run(args) -> int:
     from datasets.store import SliceStore, StoreError
 
     try:
+        if args.json:  # before the evaluation, not after it
+            probe_writable(args.json)
         device = resolve_device(args.device)
         store = SliceStore(args.data)
         n_split = int(store.indices(args.split).size)
@@ -159,7 +162,7 @@ def run(args) -> int:
                 out_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise UsageError(f"{out_dir}: cannot create the PNG folder ({exc.strerror or exc})") from None
-    except (UsageError, CheckpointError, StoreError) as exc:
+    except (UsageError, CheckpointError, StoreError, TargetError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 
@@ -221,7 +224,12 @@ def run(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return run(args)
+    try:
+        with sigterm_as_interrupt():
+            return run(args)
+    except KeyboardInterrupt as exc:
+        print("interrupted; no JSON written" if args.json else "interrupted", file=sys.stderr)
+        return interrupt_status(exc)
 
 
 if __name__ == "__main__":

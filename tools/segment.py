@@ -56,7 +56,8 @@ from typing import Sequence
 
 import numpy as np
 
-from a3c.fileio import write_bytes_atomic
+from a3c.fileio import interrupt_status, make_dirs, remove_empty_dirs, sigterm_as_interrupt, special_kind, \
+    write_bytes_atomic
 from a3c.cli import UsageError, one_line, positive_int, resolve_device
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -327,13 +328,15 @@ def read_image(path: Path, prep: Preprocess) -> Loaded:
 
     try:
         if path.name.lower().endswith((".tif", ".tiff")):
-            import tifffile
+            from datasets.convert import read_tiff
 
-            arr = np.asarray(tifffile.imread(str(path)))
+            arr = read_tiff(path)
         else:
             import imageio.v3 as iio
 
             arr = np.asarray(iio.imread(path))
+    except ConvertError as exc:
+        raise InputError(one_line(exc)) from None
     except Exception as exc:
         raise InputError(f"{path}: cannot read image ({one_line(exc)})") from None
     if arr.dtype == bool:
@@ -419,8 +422,9 @@ def _check_outputs(src: Path, paths: list[Path], overwrite: bool, claimed: dict[
     for p in paths:
         if p.resolve() in claimed and claimed[p.resolve()] != src:
             raise InputError(f"{src}: its output {p} is also the output of {claimed[p.resolve()]} (rename one)")
-        if p.is_dir():
-            raise InputError(f"{src}: output {p} is a folder")
+        kind = special_kind(p)
+        if kind is not None:
+            raise InputError(f"{src}: output {p} exists and is {kind}, not a regular file; refusing to replace it")
         if p.exists() and not overwrite:
             raise InputError(f"{src}: output {p} exists (use --overwrite to replace it)")
 
@@ -518,19 +522,29 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
+    """Segment every input; the exit status. An output folder made here and left empty is removed."""
     try:
         device = resolve_device(args.device)
         model, cfg, prep, warnings = load_model(args.ckpt, device)
         out_dir = Path(args.out)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UsageError(f"{out_dir}: exists and is not a folder (--out names the output folder)")
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            created = make_dirs(out_dir)
         except OSError as exc:
             raise UsageError(f"{out_dir}: cannot create the output folder ({exc.strerror or one_line(exc)})") from None
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _segment_all(args, model, cfg, prep, device, warnings)
+    finally:
+        remove_empty_dirs(created)  # a folder this run made and left empty (every input failed) goes
+
+
+def _segment_all(args, model, cfg, prep, device, warnings) -> int:
+    from tqdm import tqdm
+
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
 
@@ -569,8 +583,7 @@ def run(args) -> int:
             bar.write(f"{src} -> {written[0]}{extra}", file=sys.stdout)
     except KeyboardInterrupt:
         bar.close()
-        print("interrupted; outputs written so far are complete, none is half-written", file=sys.stderr)
-        return 130
+        raise
     bar.close()
     print(f"segmented {n_ok} of {n_ok + len(errors)} input(s) ({n_slices} slice(s), t_max "
           f"{int(args.t_max or cfg.env.t_max)}, device {device}) into {args.out}"
@@ -580,7 +593,12 @@ def run(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return run(args)
+    try:
+        with sigterm_as_interrupt():
+            return run(args)
+    except KeyboardInterrupt as exc:
+        print("interrupted; outputs written so far are complete, none is half-written", file=sys.stderr)
+        return interrupt_status(exc)
 
 
 if __name__ == "__main__":
