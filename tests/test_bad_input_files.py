@@ -186,6 +186,41 @@ def test_sigterm_leaves_no_temporary_store(lgg, tmp_path, module, loader):
     assert list(tmp_path.iterdir()) == []
 
 
+COARSE = """
+import sys, time, torch
+import baselines.coarse as m
+class Fake(torch.nn.Module):
+    def forward(self, x):
+        return x[:, :1]
+m.model_from_baseline_checkpoint = lambda path, dev: (Fake(), {"image_channels": 1, "baseline": {"name": "fake"}})
+orig = m.coarse_maps
+def slow(*a, **k):
+    out = orig(*a, **k)
+    print("LOADED", flush=True)
+    time.sleep(60)
+    return out
+m.coarse_maps = slow
+sys.exit(m.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_leaves_no_temporary_coarse_store(tiny_store, tmp_path):
+    out = tmp_path / "o.h5"
+    proc = subprocess.Popen([sys.executable, "-c", COARSE, "--ckpt", "fake.pt", "--data", str(tiny_store),
+                             "--out", str(out), "--device", "cpu", "--no-progress"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert proc.stdout.readline().strip() == "LOADED"
+        assert [p for p in tmp_path.iterdir() if p.name.startswith(".o.h5.")]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and err.strip().splitlines() == ["interrupted; no output written"], err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sigterm_as_interrupt_restores_the_handler():
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(fileio.Terminated):
