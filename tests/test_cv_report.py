@@ -1,9 +1,13 @@
 """tools.cv_report: patient means, pooled figures, collapses and the paired comparison on made-up cells."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
-from tools.cv_report import collapsed_seeds, cv_markdown, paired, patient_means, pooled
+from tools.cv_report import collapsed_seeds, cv_markdown, main, paired, patient_means, pooled
 
 
 def cell(method, seed, fold, rows, step_dice=()):
@@ -55,3 +59,45 @@ def test_markdown_names_collapses_and_steps(results):
     assert "UNet-1-0" in text  # kept 99% of the pixels: keeps every pixel
     assert "after step 1 0.4500, after the last step 0.5000" in text and "last below first in 1" in text
     assert "| UNet | 2 |" in text  # paired table: two patients
+
+
+def write_folder(root, cells):
+    for c in cells:
+        d = root / "cells" / c["id"]
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps(c))
+    return root
+
+
+def test_command_line_merges_labelled_folders(results, tmp_path, capsys):
+    a = write_folder(tmp_path / "a", [c for c in results if c["row"] == "RL"])
+    b = write_folder(tmp_path / "b", [c for c in results if c["row"] == "UNet"])
+    out = tmp_path / "report.md"
+    assert main([f"{b}=B", f"{a}=A", "--first", "A RL", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text == out.read_text()
+    assert "| A RL | 2 | 2 | 0.5000 ± 0.1000" in text
+    assert "minus each other method" in text and "| B UNet | 2 | +0.0000" in text  # A RL is compared first
+
+
+def test_command_line_errors_are_one_line(results, tmp_path, capsys):
+    assert main([str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.strip().endswith("none: no finished cells (cells/*/result.json)")
+    a = write_folder(tmp_path / "a", results[:1])
+    assert main([str(a), "--first", "nope"]) == 2
+    assert "--first: no method 'nope'; methods: RL" in capsys.readouterr().err
+    bad = tmp_path / "bad" / "cells" / "x"
+    bad.mkdir(parents=True)
+    (bad / "result.json").write_text("{}")
+    assert main([str(tmp_path / "bad")]) == 2
+    assert "not a cross-validation cell" in capsys.readouterr().err
+
+
+def test_runs_as_a_script(results, tmp_path):
+    from tests.conftest import ROOT
+
+    a = write_folder(tmp_path / "a", results)
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "cv_report.py"), str(a)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "## Pooled over patients" in proc.stdout

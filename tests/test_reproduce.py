@@ -151,3 +151,14 @@ def test_bad_input_is_one_line_exit_2(tiny_store, tmp_path, args, message):
     assert res.returncode == 2
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], res.stderr
+
+
+def test_baselines_only_plans_no_pixeldrl_cell():
+    from tools import reproduce
+
+    args = reproduce.parse_args(["cv", "--data", "x.h5", "--baselines", "unet", "--folds", "0,1", "--seeds", "1,2",
+                                 "--baselines-only"])
+    cells = reproduce.plan(args)
+    assert [(c.method, c.seed, c.extra["fold"]) for c in cells] == [("unet", s, k) for s in (1, 2) for k in (0, 1)]
+    args = reproduce.parse_args(["cv", "--data", "x.h5", "--baselines", "unet", "--folds", "0"])
+    assert [c.method for c in reproduce.plan(args)] == ["pixeldrl", "unet"]

@@ -14,16 +14,31 @@ once. Figures:
 * **paired**: per patient, Dice of the first method (mean over seeds) minus each other method's,
   with the mean difference, a bootstrap 95% interval over patients and the exact Wilcoxon
   signed-rank p-value (``a3c.stats``).
+
+From the command line it merges the cells of several ``reproduce.py cv`` folders into one report,
+e.g. two recipes and extra seeds of a baseline::
+
+    python tools/cv_report.py OUT_A=V2 OUT_B=V2+aug [--first "V2 PixelDRL-MG"] [--out report.md]
+
+``DIR=LABEL`` prefixes the methods of ``DIR`` with ``LABEL`` (cells of one label and method from
+several folders pool as seeds of one method); the first method listed is the one compared.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
-from a3c.evaluate import mask_shares, policy_collapse
-from a3c.stats import bootstrap_ci, wilcoxon_signed_rank
+if __package__ in (None, ""):  # run as a script: python tools/cv_report.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from a3c.evaluate import mask_shares, policy_collapse  # noqa: E402
+from a3c.stats import bootstrap_ci, wilcoxon_signed_rank  # noqa: E402
 
 REPORT_KEYS = ("dice", "iou", "biou", "hd95")
 COLLAPSE_FRACTION = 0.8
@@ -148,3 +163,55 @@ def cv_markdown(results: list[dict]) -> str:
             lines.append(f"| {m} | {len(p['cases'])} | {p['mean']:+.4f} | [{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}] | "
                          f"{p['wins']}/{len(p['cases'])} | {p['p']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def load_cells(spec: str) -> list[dict]:
+    """``DIR`` or ``DIR=LABEL`` -> the finished cells (``DIR/cells/*/result.json``) of a cv folder,
+    each method renamed ``LABEL METHOD`` when a label is given. Raises ValueError (one line)."""
+    folder, _, label = spec.partition("=")
+    paths = sorted(Path(folder).glob("cells/*/result.json"))
+    if not paths:
+        raise ValueError(f"{folder}: no finished cells (cells/*/result.json)")
+    cells = []
+    for p in paths:
+        try:
+            r = json.loads(p.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{p}: not a readable cell result ({exc})") from None
+        if "fold" not in r or "per_image" not in r:
+            raise ValueError(f"{p}: not a cross-validation cell (no fold or per-slice rows)")
+        if label:
+            r["row"] = f"{label} {r['row']}"
+        cells.append(r)
+    return cells
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python tools/cv_report.py",
+                                 description="Merge reproduce.py cv folders into one cross-validation report.")
+    ap.add_argument("folders", nargs="+", metavar="DIR[=LABEL]", help="cv output folders, optionally labelled")
+    ap.add_argument("--first", default=None, help="method the paired comparisons start from (default: the first)")
+    ap.add_argument("--out", default=None, help="also write the markdown to this file")
+    args = ap.parse_args(argv)
+    try:
+        results = [r for spec in args.folders for r in load_cells(spec)]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.first:
+        rows = {r["row"] for r in results}
+        if args.first not in rows:
+            print(f"error: --first: no method {args.first!r}; methods: {', '.join(sorted(rows))}", file=sys.stderr)
+            return 2
+        results.sort(key=lambda r: r["row"] != args.first)  # stable: the rest keep their order
+    text = cv_markdown(results)
+    print(text, end="")
+    if args.out:
+        from a3c.fileio import write_bytes_atomic
+
+        write_bytes_atomic(Path(args.out), text.encode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,8 +2,8 @@
 
     python tools/reproduce.py EXPERIMENT --data FILE.h5 [--config FILE] [--seeds 0,1,2] [--out DIR]
         [--budget F] [--workers N] [--device auto|cpu|cuda] [--baselines unet,attention_unet,unet_plus_plus]
-        [--baseline-epochs N] [--baseline-width W] [--t-max 1,2,...,12] [--folds 0,1,2,3,4]
-        [--coarse unet,unet_plus_plus] [--no-progress]
+        [--baselines-only] [--baseline-epochs N] [--baseline-width W] [--t-max 1,2,...,12]
+        [--folds 0,1,2,3,4] [--cv-folds K] [--coarse unet,unet_plus_plus] [--no-progress]
 
 EXPERIMENT (one per paper table or figure):
 
@@ -14,6 +14,11 @@ EXPERIMENT (one per paper table or figure):
 * ``table6``: 5-fold cross-validation: each method on ``fold{k}/train``, tested on
   ``fold{k}/test``; model selection uses the training folds (every case is in some test fold, so
   no held-out validation set exists); mean and sd over folds and seeds.
+* ``cv``: patient-level K-fold cross-validation (``--cv-folds``, default 4): each method on
+  ``cvK/fold{k}/train``, best checkpoint by ``cvK/fold{k}/val`` (a training-side patient), tested on
+  ``cvK/fold{k}/test`` (``datasets.store.cv_folds``); the report of ``tools/cv_report.py`` (per
+  patient, pooled, collapsed runs, step Dice, paired comparisons) follows the table. The
+  baselines get the config's ``data.image_size`` and ``data.augment``.
 * ``fig5``: PixelDRL-MG against the PixelRL refinement of coarse masks: for each baseline in
   ``--coarse`` (the paper: U-Net and U-Net3+; MONAI has no U-Net3+, so U-Net++ stands in), the
   baseline is trained, its probability maps become the last image channel of a copy of the store
@@ -100,7 +105,8 @@ def plan(args) -> list[Cell]:
     baselines = [b for b in args.baselines.split(",") if b]
 
     def methods(setting: str, seed: int, train: str = "train", val: str = "val", test: str = "test", **extra):
-        yield Cell(setting, PIXELDRL, "pixeldrl", seed, (), train, val, test, extra)
+        if not args.baselines_only:
+            yield Cell(setting, PIXELDRL, "pixeldrl", seed, (), train, val, test, extra)
         for b in baselines:
             yield Cell(setting, BASELINE_NAMES.get(b, b), b, seed, (), train, val, test, extra)
 
@@ -319,6 +325,8 @@ def parse_args(argv):
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--baselines", default="unet,attention_unet,unet_plus_plus",
                     help="comma-separated baselines for table2/4/6 ('' for none)")
+    ap.add_argument("--baselines-only", action="store_true",
+                    help="table2/4/6, cv: train the baselines only (e.g. more seeds of them in the same folder)")
     ap.add_argument("--baseline-epochs", type=positive_float, default=50, help="baseline epochs before --budget")
     ap.add_argument("--baseline-width", default="small", help="baseline channel width (default small: CPU-sized)")
     ap.add_argument("--t-max", type=int_list, default=list(range(1, 13)), help="fig7's t_max values (default 1..12)")
