@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -250,9 +251,11 @@ def _apply_file(cfg: Config, path: Path, seen: tuple[Path, ...] = ()) -> Config:
     """Apply the YAML file ``path`` to ``cfg``; a top-level ``base: FILE`` (relative to ``path``'s
     folder) is applied first, so a config can hold only what it changes."""
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start} is 0x{exc.object[exc.start]:02x})") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -282,8 +285,46 @@ def config_from_dict(data: dict) -> Config:
     return apply_dict(Config(), data, source="stored config")
 
 
+# Integer fields whose values below these make no sense (a child process would fail on them).
+_INT_MINIMA = {
+    ("train", "threads_per_worker"): 1,
+    ("train", "max_updates"): 0,
+    ("train", "max_worker_restarts"): 0,
+    ("train", "seed"): 0,
+    ("data", "image_size"): 0,
+    ("data", "synth_cases"): 1,
+    ("data", "synth_size"): 16,
+    ("eval", "max_slices"): 0,
+    ("eval", "images"): 0,
+    ("model", "in_channels"): 0,
+}
+MAX_SEED = 2**62  # seeds are offset per worker, restart and resume, and must stay below 2**63
+
+
+def _fields(cfg: Config):
+    """Every field as ``(section, name, value)``."""
+    for sname, sec in _section_types(cfg).items():
+        for f in dataclasses.fields(sec):
+            yield sname, f.name, getattr(sec, f.name)
+
+
+def _check_numbers(cfg: Config) -> None:
+    """Every float (and list of floats) finite, the integers of ``_INT_MINIMA`` at least their minimum."""
+    for sname, name, value in _fields(cfg):
+        values = value if isinstance(value, list) else [value]
+        bad = [v for v in values if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise ConfigError(f"{sname}.{name}: expected a finite number, got {value!r}")
+        low = _INT_MINIMA.get((sname, name))
+        if low is not None and value < low:
+            raise ConfigError(f"{sname}.{name}: expected an integer >= {low}, got {value}")
+    if cfg.train.seed >= MAX_SEED:
+        raise ConfigError(f"train.seed: expected an integer below 2**62, got {cfg.train.seed}")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks; raise ConfigError with one line."""
+    _check_numbers(cfg)
     m = cfg.model
     if m.width < 1 or m.head_channels < 1:
         raise ConfigError("model.width and model.head_channels must be positive")
@@ -305,10 +346,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.active_workers must be 0 (auto) or positive")
     if cfg.train.batch_size < 1 or cfg.eval.batch_size < 1:
         raise ConfigError("batch sizes must be at least 1")
+    if cfg.train.epochs < 0:
+        raise ConfigError("train.epochs must be 0 (no epoch bound) or positive")
     if cfg.train.epochs <= 0 and cfg.train.max_updates <= 0:
         raise ConfigError("set a budget: train.epochs or train.max_updates must be positive")
     if cfg.optim.lr <= 0 or cfg.optim.lr_step_epochs <= 0:
         raise ConfigError("optim.lr and optim.lr_step_epochs must be positive")
+    if cfg.train.checkpoint_interval_s <= 0 or cfg.eval.poll_s <= 0:
+        raise ConfigError("train.checkpoint_interval_s and eval.poll_s must be positive")
     if cfg.data.augment not in AUGMENT_MODES:
         raise ConfigError(f"data.augment: expected one of {', '.join(AUGMENT_MODES)}, got {cfg.data.augment!r}")
 

@@ -20,26 +20,42 @@ folder (``$XDG_CACHE_HOME/pixeldrl-mg`` or ``~/.cache/pixeldrl-mg``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import resource
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
 
-from a3c.checkpoint import CheckpointError, load_checkpoint
-from a3c.cli import UsageError, resolve_device
-from a3c.config import Config, ConfigError, apply_dict, config_from_dict, load_config, parse_overrides
-from a3c.evaluate import evaluate_checkpoint, table_row
-from a3c.fileio import write_json_atomic
-from datasets.store import SliceStore, StoreError
-from workers.common import active_workers, usable_cores
-from workers.launcher import Launcher, RunError
-from workers.mps import MPSError, start_mps, stop_mps
+def _quit_quietly(signum, frame):
+    raise SystemExit(130)
+
+
+if __name__ == "__main__":  # Ctrl-C or SIGTERM while torch loads: exit quietly; main() installs the orderly stop
+    signal.signal(signal.SIGINT, _quit_quietly)
+    signal.signal(signal.SIGTERM, _quit_quietly)
+
+import torch  # noqa: E402
+
+from a3c.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from a3c.cli import UsageError, resolve_device  # noqa: E402
+from a3c.config import Config, ConfigError, apply_dict, config_from_dict, load_config, parse_overrides  # noqa: E402
+from a3c.evaluate import evaluate_checkpoint, table_row  # noqa: E402
+from a3c.fileio import write_json_atomic  # noqa: E402
+from a3c.model import build_model  # noqa: E402
+from datasets.store import SliceStore, StoreError  # noqa: E402
+from workers.common import active_workers, usable_cores  # noqa: E402
+from workers.launcher import Launcher, RunError  # noqa: E402
+from workers.mps import MPSError, start_mps, stop_mps  # noqa: E402
+
+MAX_WORKERS = {"local": 256, "ray": 4096}
+FDS_PER_WORKER = 4  # the launcher's and the server's ends of each worker's pipe, its sentinel, spare
+
 
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -98,6 +114,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def check_workers(workers: int, backend: str) -> None:
+    """UsageError when ``workers`` is more than one machine (local) or a cluster (Ray) should run, or,
+    locally, more than the open-file limit allows (each worker holds pipes in the launcher and the server)."""
+    most = MAX_WORKERS[backend]
+    if workers > most:
+        raise UsageError(f"--workers {workers}: at most {most} with --backend {backend}")
+    if backend == "local":
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        need = FDS_PER_WORKER * workers + 64
+        if soft != resource.RLIM_INFINITY and need > soft:
+            raise UsageError(f"--workers {workers}: needs about {need} open files, the limit is {soft} "
+                             f"(raise it with ulimit -n, or use fewer workers)")
+
+
 def launcher_class(backend: str) -> type[Launcher]:
     """The supervisor of ``backend``; Ray is imported only when asked for."""
     if backend == "local":
@@ -120,11 +150,69 @@ def resolve(args: argparse.Namespace) -> tuple[Config, dict | None, Path]:
         cfg = config_from_dict(resume["config"])
         if args.overrides:
             apply_dict(cfg, parse_overrides(args.overrides), source="command line")
+            changes = network_changes(config_from_dict(resume["config"]), cfg, int(resume["image_channels"]))
+            if changes:
+                raise UsageError(f"--resume cannot change the network of {latest} ({'; '.join(changes)}): "
+                                 f"leave these overrides out, or train the new network in a new --run-dir")
         if args.config:
             print("note: --resume uses the checkpoint's config; --config is ignored", file=sys.stderr)
     else:
         cfg = load_config(args.config, args.overrides)
     return cfg, resume, run
+
+
+def param_shapes(cfg: Config, channels: int) -> dict[str, tuple]:
+    """The shape of every tensor of the network ``cfg`` builds for ``channels`` image channels
+    (on the meta device: no memory, no initialisation)."""
+    with torch.device("meta"):
+        model = build_model(cfg.model, channels, cfg.env)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def network_changes(old: Config, new: Config, channels: int) -> list[str]:
+    """What in ``new`` changes the network of ``old`` (``section.key old -> new``): any ``model.*``
+    field, and any other field that alone changes the parameters' shapes (such as ``env.state``)."""
+    def differs(section: str) -> list[str]:
+        a, b = getattr(old, section), getattr(new, section)
+        return [f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)]
+
+    def show(section: str, key: str) -> str:
+        return f"{section}.{key} {getattr(getattr(old, section), key)!r} -> {getattr(getattr(new, section), key)!r}"
+
+    out = [show("model", k) for k in differs("model")]
+    before = param_shapes(old, channels)
+    for section in (f.name for f in dataclasses.fields(old) if f.name != "model"):
+        for key in differs(section):
+            probe = config_from_dict(old.to_dict())
+            setattr(getattr(probe, section), key, getattr(getattr(new, section), key))
+            if param_shapes(probe, channels) != before:
+                out.append(show(section, key))
+    if not out and param_shapes(new, channels) != before:  # only a combination of fields changes them
+        out = [show(s, k) for s in (f.name for f in dataclasses.fields(old)) for k in differs(s)]
+    return out
+
+
+def prepare_run_dir(run: Path, cfg: Config, meta: dict) -> None:
+    """Create ``run`` and write ``config.yaml`` and ``meta.json``; UsageError with one line when it cannot."""
+    if run.exists() and not run.is_dir():
+        raise UsageError(f"--run-dir {run}: exists and is not a folder")
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--run-dir {run}: cannot create the folder ({exc.strerror or exc})") from None
+    for name, text in (("config.yaml", cfg.to_yaml()), ("meta.json", json.dumps(meta, indent=1))):
+        try:
+            (run / name).write_text(text)
+        except OSError as exc:
+            raise UsageError(f"--run-dir {run}: cannot write {name} ({exc.strerror or exc})") from None
+
+
+def stop_run(launcher: Launcher | None) -> None:
+    """Stop a started run with the server's final checkpoint (when it still runs); a second Ctrl-C or
+    SIGTERM meanwhile is ignored (the stop takes a few seconds)."""
+    ignore_stop_signals()
+    if launcher is not None and launcher.started:
+        launcher.stop_with_checkpoint()
 
 
 def oversubscribed(workers: int, threads: int, cores: int, active: int) -> str | None:
@@ -157,7 +245,14 @@ def shared_gpu_hint(workers: int, mps: bool, cudnn_benchmark: bool) -> str | Non
             f"both than with neither: docs/PERFORMANCE.md, \"The 8-worker trainer on the GPU\")")
 
 
+def ignore_stop_signals() -> None:
+    """From now on Ctrl-C and SIGTERM do nothing: the stop under way ends within seconds anyway."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _interrupt(signum, frame):
+    ignore_stop_signals()  # at once, so that a second Ctrl-C cannot interrupt the stop this one starts
     raise KeyboardInterrupt
 
 
@@ -169,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     launcher = mps = None
     try:
+        check_workers(args.workers, args.backend)
         cfg, resume, run = resolve(args)
         if args.mps:  # before this process touches CUDA; its children inherit the daemon's folders
             mps = start_mps()
@@ -184,17 +280,15 @@ def main(argv: list[str] | None = None) -> int:
         for split in (cfg.data.train_split, cfg.data.val_split):
             store.indices(split)
         c = store.image_shape[0]
-        if cfg.model.in_channels and cfg.model.in_channels != c:
-            raise RunError(f"{data}: images have {c} channels, model.in_channels is {cfg.model.in_channels}")
         if resume is not None and int(resume["image_channels"]) != c:
-            raise RunError(f"{data}: images have {c} channels, the resumed model takes {resume['image_channels']}")
+            raise UsageError(f"{data}: images have {c} channels, the resumed model takes {resume['image_channels']}")
+        if cfg.model.in_channels and cfg.model.in_channels != c:
+            raise UsageError(f"{data}: images have {c} channels, model.in_channels is {cfg.model.in_channels}")
         cfg.model.in_channels = c
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "config.yaml").write_text(cfg.to_yaml())
         meta = {"argv": sys.argv, "args": vars(args), "git": git_revision(), "torch": torch.__version__,
                 "python": platform.python_version(), "device": str(device), "data": cfg.data.path,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed_at_update": resume["counters"]["updates"] if resume else 0}
-        (run / "meta.json").write_text(json.dumps(meta, indent=1))
+        prepare_run_dir(run, cfg, meta)
         print(f"run {run}: {args.workers} workers on {device}, data {data} "
               f"(train {len(store.indices(cfg.data.train_split))} slices), tensorboard --logdir {run}", file=sys.stderr)
         if device.type == "cpu" and args.backend == "local":
@@ -214,15 +308,15 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.monotonic() - t0
         return report(run, store, cfg, device, wall)
     except KeyboardInterrupt:
-        print("\ninterrupted: writing a final checkpoint and stopping", file=sys.stderr)
-        if launcher is not None and launcher.started:
-            launcher.request_stop()
-            launcher.wind_down(evaluate_last=False)
+        started = launcher is not None and launcher.started
+        print(f"\ninterrupted: {'writing a final checkpoint and stopping' if started else 'stopping'}", file=sys.stderr)
+        stop_run(launcher)
         return 130
     except (ConfigError, StoreError, CheckpointError, UsageError, MPSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunError as exc:
+        stop_run(launcher)
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     finally:

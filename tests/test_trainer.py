@@ -187,6 +187,9 @@ def test_worker_raising_repeatedly_stops_the_run(tiny_store, tmp_path):
     assert res.returncode == 1
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: workers failed") and "injected fault" in last
+    # a stop on an error still writes the server's final checkpoint
+    assert "checkpoint (stop requested)" in (run / "logs" / "server.log").read_text()
+    assert updates_in(run / "checkpoints" / "latest.pt") == 0
 
 
 def test_killed_worker_is_replaced_and_run_completes(tiny_store, tmp_path):

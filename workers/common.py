@@ -4,7 +4,9 @@
 it dies with the launcher (``PR_SET_PDEATHSIG``); it ignores SIGINT and SIGTERM, which the
 launcher turns into an orderly stop (a terminal's Ctrl-C, ``timeout`` and Slurm signal every
 process of the run at once, and a child that died of them would miss the server's last
-checkpoint; the launcher ends its children with SIGKILL); it sets the torch thread count, logs
+checkpoint; the launcher ends its children with SIGKILL; a child starts with both blocked
+(``signals_blocked`` around its start), so that one sent while it still imports torch is
+dropped instead of raising there); it sets the torch thread count, logs
 to ``log_dir/<name>.log``, writes its Python stacks there on SIGUSR1, and on an exception logs
 the traceback, writes its last line to ``log_dir/<name>.err`` for the launcher's message, and
 re-raises (exit code 1). KeyboardInterrupt is a clean exit.
@@ -17,10 +19,27 @@ import os
 import signal
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # the launcher's to act on; children ignore them
+
+
+@contextmanager
+def signals_blocked():
+    """Block SIGINT and SIGTERM in this thread meanwhile: a process started inside inherits the
+    block through ``exec`` and unblocks them in ``run_child`` once it ignores them; here they wait
+    until the block ends, then are handled as usual."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def die_with_parent() -> None:
@@ -71,8 +90,10 @@ def dump_stacks_on_sigusr1(logger: logging.Logger) -> None:
 
 def run_child(name: str, fn: Callable, log_dir: str, threads: int, *args) -> None:
     die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)  # also drops one that came while they were blocked
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     set_threads(threads)
     logger = setup_logging(name, Path(log_dir))
     dump_stacks_on_sigusr1(logger)

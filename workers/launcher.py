@@ -7,7 +7,8 @@ Process topology (all started with ``spawn``)::
              --> monitor (evaluates checkpoints on the validation split, keeps best.pt)
 
 A dead worker is replaced (up to ``train.max_worker_restarts`` in all), a dead server or monitor
-ends the run with ``RunError``, ``request_stop`` asks the server for a final checkpoint. The
+ends the run with ``RunError``, ``request_stop`` asks the server for a final checkpoint and
+``stop_with_checkpoint`` (every stop that is not the end of the budget) adds the wind-down. The
 Ray transport's supervisor (``workers.ray_backend.RayLauncher``) has the same methods.
 """
 from __future__ import annotations
@@ -24,9 +25,9 @@ import torch.multiprocessing as mp
 
 from a3c.config import Config
 from datasets.store import SliceStore
-from workers.common import active_workers, run_child
+from workers.common import active_workers, run_child, signals_blocked
 from workers.monitor import watch
-from workers.param_server import serve
+from workers.param_server import MAX_REJECTED_IN_A_ROW, serve
 from workers.shared import SharedState
 from workers.worker import work
 
@@ -79,7 +80,8 @@ class Launcher:
 
     def _spawn(self, name: str, fn, threads: int, *args) -> mp.Process:
         p = self.ctx.Process(target=run_child, args=(name, fn, self.log_dir, threads, *args), name=name, daemon=False)
-        p.start()
+        with signals_blocked():  # a Ctrl-C while the child imports torch must not raise there
+            p.start()
         return p
 
     def start(self) -> None:
@@ -202,6 +204,9 @@ class Launcher:
             bar.update(int(self.shared.get("updates")) - bar.n)
         finally:
             bar.close()
+        if self.shared.get("diverged"):
+            raise RunError(f"the last {MAX_REJECTED_IN_A_ROW} gradients were all non-finite and rejected: training "
+                           f"has diverged (try a lower optim.lr, or optim.grad_clip > 0; see {self.log_dir}/server.log)")
 
     def wind_down(self, evaluate_last: bool) -> None:
         """Workers stop, the server exits, the monitor takes a last look (``evaluate_last``) or stops.
@@ -245,6 +250,13 @@ class Launcher:
         deadline = time.monotonic() + STOP_GRACE_S
         while not self.shared.get("done") and self.server.is_alive() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def stop_with_checkpoint(self) -> None:
+        """A stop on an error or a Ctrl-C: the server's final checkpoint when it still runs, then
+        every child ends without a last evaluation."""
+        if self.server.is_alive():
+            self.request_stop()
+        self.wind_down(evaluate_last=False)
 
     def kill_all(self) -> None:
         """SIGKILL every child still alive (they ignore SIGTERM) and reap it."""

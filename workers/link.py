@@ -16,6 +16,11 @@ import torch
 from workers.shared import SharedState
 
 
+class LinkClosed(ConnectionError):
+    """The server's end of the link is gone (the server died): the worker ends quietly, and the
+    launcher, which watches the server, says why."""
+
+
 class Link(Protocol):
     grad: torch.Tensor
 
@@ -37,5 +42,8 @@ class PipeLink:
     def push(self, version: int, n_images: int, stats: dict) -> bool:
         if self.grad.is_cuda:  # the server reads the slot from another process: the writes must be done
             torch.cuda.synchronize(self.grad.device)
-        self.conn.send(("grad", self.rank, version, n_images, stats))
-        return self.conn.recv() != "stop"
+        try:
+            self.conn.send(("grad", self.rank, version, n_images, stats))
+            return self.conn.recv() != "stop"
+        except (EOFError, OSError) as exc:
+            raise LinkClosed(f"worker {self.rank}: the server's pipe closed ({exc.__class__.__name__})") from None

@@ -32,6 +32,7 @@ from a3c.params import numel
 from workers.shared import SharedState
 
 LOG_INTERVAL_S = 2.0
+MAX_REJECTED_IN_A_ROW = 100  # this many non-finite gradients in a row stop the run: it has diverged
 
 
 class TrainLog:
@@ -107,6 +108,8 @@ class ParamServer:
         self.rate = 0.0
         self.pushed_ranks: set[int] = set()  # workers heard from at least once: the rest are still warming up
         self.staleness_counts: dict[int, int] = {}  # staleness -> applied gradients, logged at the end
+        self.rejected_in_a_row = 0
+        self.diverged = False
         self.stopping = budget_spent(self.cfg, self.learner.counters())
         if self.stopping:
             self.checkpoint("budget already spent")
@@ -117,11 +120,18 @@ class ParamServer:
 
     def status(self) -> dict:
         """``updates, images, epoch, lr, rejected`` (counters), ``done`` (0/1), ``img_steps_per_s``,
-        ``workers_ready`` (how many worker ranks have pushed a gradient in this server's life)."""
+        ``workers_ready`` (how many worker ranks have pushed a gradient in this server's life),
+        ``diverged`` (0/1: stopped after ``MAX_REJECTED_IN_A_ROW`` non-finite gradients in a row)."""
         return {**self.learner.counters(), "done": float(self.stopping), "img_steps_per_s": self.rate,
-                "workers_ready": float(len(self.pushed_ranks))}
+                "workers_ready": float(len(self.pushed_ranks)), "diverged": float(self.diverged)}
 
     def checkpoint(self, reason: str) -> None:
+        """Write ``checkpoints/latest.pt``; skipped (with a warning) when theta is not finite, so that
+        a diverged run keeps its last finite checkpoint."""
+        if not bool(torch.isfinite(self.theta).all()):
+            self.logger.warning("checkpoint (%s) skipped at update %d: the parameters are not finite",
+                                reason, self.learner.updates)
+            return
         obj = {"format": FORMAT, "config": self.cfg.to_dict(), "image_channels": self.image_channels,
                "image_size": self.image_size, "params": count_params(self.model),
                "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
@@ -139,15 +149,26 @@ class ParamServer:
             learner = self.learner
             staleness = learner.updates - version
             if learner.apply(grad, n_images, self.before_write, self.after_write, staleness):
+                self.rejected_in_a_row = 0
                 self.log.add(stats, staleness)
                 self.staleness_counts[staleness] = self.staleness_counts.get(staleness, 0) + 1
                 if learner.updates in (1, 10, 100):
                     self.logger.info("update %d applied", learner.updates)
             else:
-                self.logger.warning("rejected a non-finite gradient from worker %d (%d so far)", rank, learner.rejected)
+                self.reject(rank)
             if budget_spent(self.cfg, learner.counters()):
                 self.stop("budget spent")
         return not self.stopping
+
+    def reject(self, rank: int) -> None:
+        """Count a non-finite gradient from ``rank``; stop once ``MAX_REJECTED_IN_A_ROW`` came in a row."""
+        self.rejected_in_a_row += 1
+        self.logger.warning("rejected a non-finite gradient from worker %d (%d so far, %d in a row)", rank,
+                            self.learner.rejected, self.rejected_in_a_row)
+        if self.rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
+            self.logger.error("%d non-finite gradients in a row: training has diverged; stopping", self.rejected_in_a_row)
+            self.diverged = True
+            self.stop("diverged")
 
     def stop(self, reason: str) -> None:
         """No more updates: a final checkpoint; every later push is answered with stop."""

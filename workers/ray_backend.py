@@ -303,6 +303,11 @@ class RayLauncher(Launcher):
         except self.ray.exceptions.RayError:
             pass
 
+    def stop_with_checkpoint(self) -> None:
+        """As the local launcher's: ``request_stop`` already tolerates a dead server actor."""
+        self.request_stop()
+        self.wind_down(evaluate_last=False)
+
     def kill_all(self) -> None:
         ray = getattr(self, "ray", None)
         if self.monitor is not None and self.monitor.is_alive():

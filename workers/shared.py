@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 STATUS = ("updates", "images", "epoch", "lr", "rejected", "done", "val_dice", "val_updates", "img_steps_per_s",
-          "workers_ready")
+          "workers_ready", "diverged")
 
 
 def status_index(name: str) -> int:

@@ -25,7 +25,7 @@ from a3c.model import build_model, tune_for_training
 from a3c.params import bind_grads, bind_to_flat, numel
 from a3c.rollout import reference_update
 from datasets.store import SliceStore
-from workers.link import Link, PipeLink
+from workers.link import Link, LinkClosed, PipeLink
 from workers.shared import SharedState
 
 
@@ -80,13 +80,20 @@ def run_worker(logger, rank: int, cfg_dict: dict, store_path: str, image_channel
 def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int, conn, device_str: str,
          seed: int) -> None:
     """The local transport's worker process: the server's shared state arrives first on ``conn``,
-    waited for only once the model is built (the worker starts beside the server, not after it)."""
+    waited for only once the model is built (the worker starts beside the server, not after it).
+    A closed pipe (the server died) ends it quietly."""
 
     def make_link(n_params: int, device: torch.device) -> PipeLink:
-        kind, shared = conn.recv()
+        try:
+            kind, shared = conn.recv()
+        except (EOFError, OSError) as exc:
+            raise LinkClosed(f"worker {rank}: the server's pipe closed before it sent its state") from exc
         assert kind == "shared" and isinstance(shared, SharedState), kind
         if shared.theta.numel() != n_params:
             raise RuntimeError(f"the server's theta has {shared.theta.numel()} parameters, worker {rank}'s model {n_params}")
         return PipeLink(shared, rank, conn)
 
-    run_worker(logger, rank, cfg_dict, store_path, image_channels, device_str, seed, make_link)
+    try:
+        run_worker(logger, rank, cfg_dict, store_path, image_channels, device_str, seed, make_link)
+    except LinkClosed as exc:  # the server died: the launcher reports it, a traceback here would only add noise
+        logger.warning("%s; exiting", exc)
