@@ -319,7 +319,7 @@ def test_ctrl_c_to_the_group_during_start_up_is_quiet(tiny_store, tmp_path):
     proc = start_launch(tiny_store, run, 2, "train.max_updates=100000", own_group=True)
     try:
         wait_for(lambda: (run / "meta.json").exists(), what="the launcher to start its children")
-        time.sleep(0.5)  # the children import torch now
+        time.sleep(0.2)  # the children import torch now
         assert not (run / "logs" / "server.log").exists(), "too late: the server is up already"
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=30)
