@@ -40,7 +40,8 @@ class FlatAdam:
 
     def __init__(self, theta: torch.Tensor, shapes: list[torch.Size], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
         if sum(math.prod(s) for s in shapes) != theta.numel():
-            raise ValueError(f"parameter shapes add up to {sum(math.prod(s) for s in shapes)}, theta has {theta.numel()}")
+            raise ValueError(f"parameter shapes add up to {sum(math.prod(s) for s in shapes)}, "
+                             f"theta has {theta.numel()}")
         self.theta, self.shapes = theta, [torch.Size(s) for s in shapes]
         self.lr, self.betas, self.eps = lr, tuple(betas), eps
         self.exp_avg = torch.zeros_like(theta)
@@ -88,6 +89,7 @@ class FlatAdam:
             parts = [e[key] for e in entries]
             for p, s in zip(parts, self.shapes):
                 if p.shape != s:
-                    raise ValueError(f"optimizer state {key} has shape {tuple(p.shape)} where the parameter has {tuple(s)}")
+                    raise ValueError(f"optimizer state {key} has shape {tuple(p.shape)} "
+                                     f"where the parameter has {tuple(s)}")
             dest.copy_(torch.cat([p.reshape(-1) for p in parts]).to(dest.device, dest.dtype))
         self.steps = int(float(entries[0]["step"]))

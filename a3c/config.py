@@ -53,10 +53,11 @@ class EnvConfig:
     """The per-pixel agents: state, mask update and reward (eq. 12)."""
 
     t_max: int = _f(10, "steps per episode, in training and at inference")
-    mask_update: str = _f("multiply", "multiply: m(t+1) = m(t) * a(t) (\"do nothing\" keeps a zeroed pixel zero); replace: m(t+1) = a(t)")
+    mask_update: str = _f("multiply", "multiply: m(t+1) = m(t) * a(t) (\"do nothing\" keeps a zeroed pixel zero); "
+                          "replace: m(t+1) = a(t)")
     state: str = _f("masked", "masked: X(t) = I * m(t); stacked: channels [I, m(t)]")
-    kind: str = _f("mask", "mask: PixelDRL-MG's keep/zero agents; refine: PixelRL refinement of a coarse probability map "
-                   "(Fig. 5's baseline), the store's last image channel being that map")
+    kind: str = _f("mask", "mask: PixelDRL-MG's keep/zero agents; refine: PixelRL refinement of a coarse "
+                   "probability map (Fig. 5's baseline), the store's last image channel being that map")
     deltas: list[float] = _f([1.0, -1.0, 0.4, -0.4, 0.2, -0.2, 0.1, -0.1],
                       "refine: the actions, values added to a pixel's probability (clipped to [0, 1])")
 
@@ -68,15 +69,16 @@ class LossConfig:
     gamma: float = _f(0.95, "discount rate")
     value_coef: float = _f(0.5, "weight of the value loss mean((R - V)^2)")
     entropy_coef: float = _f(0.01, "weight of the entropy bonus")
-    class_balance: float = _f(1.0, "beta: weight pixels by their class share ** -beta in the policy and value means; 0 = plain pixel means")
+    class_balance: float = _f(1.0, "beta: weight pixels by their class share ** -beta in the policy and value means; "
+                              "0 = plain pixel means")
     bootstrap: str = _f("zero", "return after the last step: zero (episode ends at t_max) or value (V(s(t_max)))")
     learn_reward_conv: bool = _f(True, "learn w of eq. 8; false keeps it the identity (plain discounted returns)")
     class_weight_cap: float = _f(0.0, "cap every pixel's class weight at this after normalising; 0 = no cap")
     live_only: bool = _f(False, "policy, entropy and cross-entropy terms only on pixels whose action still matters "
                          "(mask_update multiply: m_i(t) = 1); false = every pixel, as eqs. 13-15")
     ce_coef: float = _f(0.0, "weight of a cross-entropy term on the policy logits toward the ground truth (keep "
-                        "object, zero background), class-weighted like the policy term; 0 = none, as the paper; ignored by "
-                        "env.kind refine, whose actions have no such target")
+                        "object, zero background), class-weighted like the policy term; 0 = none, as the paper; "
+                        "ignored by env.kind refine, whose actions have no such target")
 
 
 @dataclass
@@ -100,7 +102,8 @@ class TrainConfig:
     epochs: float = _f(200.0, "stop after this many epochs of training slices; 0 = no epoch bound")
     max_updates: int = _f(0, "stop after this many parameter updates; 0 = no update bound")
     seed: int = _f(0, "base seed; worker k uses seed + k")
-    rollout: str = _f("onestep", "onestep: keep one step's graph at a time (memory independent of t_max); full: keep all")
+    rollout: str = _f("onestep", "onestep: keep one step's graph at a time (memory independent of t_max); "
+                      "full: keep all")
     threads_per_worker: int = _f(1, "torch intra-op threads per worker process")
     active_workers: int = _f(0, "local backend: at most this many workers compute at once, the others wait their "
                              "turn (less staleness, same throughput when workers outnumber the cores); 0 = auto: "
@@ -108,12 +111,12 @@ class TrainConfig:
     checkpoint_interval_s: float = _f(60.0, "seconds between periodic checkpoints")
     max_worker_restarts: int = _f(5, "stop the run when workers have failed this many times in all")
     amp: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU)")
-    channels_last: bool = _f(True, "NHWC activations: cuDNN's fast layout for bf16 convolutions on CUDA, and 1.2x faster "
-                             "updates on CPU (docs/PERFORMANCE.md)")
+    channels_last: bool = _f(True, "NHWC activations: cuDNN's fast layout for bf16 convolutions on CUDA, and 1.2x "
+                             "faster updates on CPU (docs/PERFORMANCE.md)")
     cudnn_benchmark: bool = _f(False, "let cuDNN time its algorithms per shape on CUDA: 2.07x for 8 workers under "
                                "--mps on an H200; off by default (docs/PERFORMANCE.md)")
-    compile: bool = _f(False, "torch.compile the network in every worker: a slower start (about 50 s per worker on CPU for "
-                       "the default net), faster updates after it (docs/PERFORMANCE.md)")
+    compile: bool = _f(False, "torch.compile the network in every worker: a slower start (about 50 s per worker on "
+                       "CPU for the default net), faster updates after it (docs/PERFORMANCE.md)")
 
 
 @dataclass
@@ -200,7 +203,8 @@ def _coerce(section: str, name: str, value: Any, ftype: Any) -> Any:
         item = (get_args(ftype) or (int,))[0]
         kinds = (int, float) if item is float else (int,)
         if not isinstance(value, list) or not all(isinstance(v, kinds) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"{where}: expected a list of {'numbers' if item is float else 'integers'}, got {value!r}")
+            raise ConfigError(f"{where}: expected a list of {'numbers' if item is float else 'integers'}, "
+                              f"got {value!r}")
         return [item(v) for v in value]
     raise ConfigError(f"{where}: unsupported type {ftype!r}")
 
@@ -255,7 +259,8 @@ def _apply_file(cfg: Config, path: Path, seen: tuple[Path, ...] = ()) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start} is 0x{exc.object[exc.start]:02x})") from None
+        raise ConfigError(f"{path}: not a UTF-8 text file "
+                          f"(byte {exc.start} is 0x{exc.object[exc.start]:02x})") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -272,7 +277,8 @@ def _apply_file(cfg: Config, path: Path, seen: tuple[Path, ...] = ()) -> Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (``configs/default.yaml`` when None, with its ``base`` first), then the overrides."""
+    """Defaults, then the YAML file (``configs/default.yaml`` when None, with its ``base`` first), then
+    the overrides."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     cfg = _apply_file(Config(), path)
     if overrides:

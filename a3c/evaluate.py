@@ -145,7 +145,8 @@ def model_from_checkpoint(ckpt: dict | str, device: torch.device | str = "cpu") 
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint parameters do not fit its own config ({str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"checkpoint parameters do not fit its own config "
+                              f"({str(exc).splitlines()[0][:200]})") from None
     if count_params(model) != int(ckpt["params"]):
         raise CheckpointError(f"checkpoint says {ckpt['params']} parameters, its config builds {count_params(model)}")
     tune_for_device(model.to(device).eval(), device, cfg.train)
@@ -159,7 +160,8 @@ def evaluate_checkpoint(ckpt: dict | str, store, split: str, device: torch.devic
     model, cfg, ckpt = model_from_checkpoint(ckpt, device)
     channels = int(ckpt["image_channels"])
     if store.image_shape[0] != channels:
-        raise ValueError(f"{store.path}: images have {store.image_shape[0]} channels, the checkpoint's model takes {channels}")
+        raise ValueError(f"{store.path}: images have {store.image_shape[0]} channels, "
+                         f"the checkpoint's model takes {channels}")
     batches = store.batches(split, batch_size or cfg.eval.batch_size)
     res = evaluate(model, batches, cfg, device, meta=store.meta, t_max=t_max, max_slices=max_slices,
                    keep_examples=keep_examples, progress=progress)

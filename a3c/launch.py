@@ -89,13 +89,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     ap.add_argument("--config", default=None, help="YAML config (default configs/default.yaml)")
-    ap.add_argument("--data", default=None, help="HDF5 slice store (default: data.path, else the built-in synthetic store)")
+    ap.add_argument("--data", default=None,
+                    help="HDF5 slice store (default: data.path, else the built-in synthetic store)")
     ap.add_argument("--run-dir", default=None, help="output folder (default runs/<date-time>)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/latest.pt")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--backend", default="local", choices=("local", "ray"),
-                    help="local: torch.multiprocessing on this machine (default); ray: Ray actors (pip install -r requirements-ray.txt)")
+                    help="local: torch.multiprocessing on this machine (default); "
+                         "ray: Ray actors (pip install -r requirements-ray.txt)")
     ap.add_argument("--ray-address", default=None, metavar="ADDR",
                     help="with --backend ray: join the running cluster at ADDR (default: start a local Ray instance)")
     ap.add_argument("--mps", action="store_true",
@@ -230,7 +232,8 @@ def oversubscribed(workers: int, threads: int, cores: int, active: int) -> str |
     fit = max(1, cores // threads)
     return (f"warning: {workers} workers x {threads} thread(s) on {cores} CPU core(s) train no faster than {fit}, "
             f"and each gradient arrives about {workers - 1} updates stale (8 workers on 2 cores trained worse: "
-            f"docs/RESULTS.md, \"Workers, staleness and taking turns\"); consider --workers {fit} or train.active_workers=0")
+            f"docs/RESULTS.md, \"Workers, staleness and taking turns\"); "
+            f"consider --workers {fit} or train.active_workers=0")
 
 
 def shared_gpu_hint(workers: int, mps: bool, cudnn_benchmark: bool) -> str | None:
@@ -287,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.model.in_channels = c
         meta = {"argv": sys.argv, "args": vars(args), "git": git_revision(), "torch": torch.__version__,
                 "python": platform.python_version(), "device": str(device), "data": cfg.data.path,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed_at_update": resume["counters"]["updates"] if resume else 0}
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "resumed_at_update": resume["counters"]["updates"] if resume else 0}
         prepare_run_dir(run, cfg, meta)
         print(f"run {run}: {args.workers} workers on {device}, data {data} "
               f"(train {len(store.indices(cfg.data.train_split))} slices), tensorboard --logdir {run}", file=sys.stderr)
@@ -336,8 +340,9 @@ def report(run: Path, store: SliceStore, cfg: Config, device: torch.device, wall
         print(f"training done in {wall:.0f} s; no test evaluation ({exc})", file=sys.stderr)
         return 0
     res, _, ckpt = evaluate_checkpoint(str(path), store, cfg.data.test_split, device)
-    info = {"checkpoint": str(path), "updates": int(ckpt["counters"]["updates"]), "epoch": float(ckpt["counters"]["epoch"]),
-            "split": cfg.data.test_split, "slices": len(res.per_image), "wall_s": round(wall, 1),
+    info = {"checkpoint": str(path), "updates": int(ckpt["counters"]["updates"]),
+            "epoch": float(ckpt["counters"]["epoch"]), "split": cfg.data.test_split,
+            "slices": len(res.per_image), "wall_s": round(wall, 1),
             "params": int(ckpt["params"]), **{k: v["mean"] for k, v in res.summary.items()},
             "std": {k: v["std"] for k, v in res.summary.items()}, "step_dice": res.step_dice,
             "per_image": res.per_image}

@@ -140,7 +140,8 @@ class PixelDRLNet(nn.Module):
         """x [B, Cin, H, W] -> concatenated full-resolution features [B, 15 * width, H, W]."""
         size = x.shape[-2:]
         s1, s2, s3, deep = self.features(x)
-        parts = [s1] + [F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in (s2, s3, self.sam(deep))]
+        parts = [s1] + [F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+                        for t in (s2, s3, self.sam(deep))]
         return torch.cat(parts, dim=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -156,7 +156,8 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
             for k in sums:
                 sums[k] += terms[k].detach()
         if returns[0].requires_grad:  # w of eq. 8 learns through the value term only
-            w_loss = sum(((1.0 if weight is None else weight) * (ret - v) ** 2).mean() for ret, v in zip(returns, kept_values))
+            w_loss = sum(((1.0 if weight is None else weight) * (ret - v) ** 2).mean()
+                         for ret, v in zip(returns, kept_values))
             (vc * w_loss).backward()
     mean_reward = torch.stack([r.mean() for r in rewards]).mean()
     totals = torch.stack([sums["policy"] / t_max, sums["value"] / t_max, sums["entropy"] / t_max, mean_reward])

@@ -54,7 +54,8 @@ def wilcoxon_signed_rank(diffs: list[float]) -> dict:
     return {"n": n, "w_plus": w_plus, "p": min(1.0, p), "method": "normal"}
 
 
-def bootstrap_ci(values: list[float], level: float = 0.95, resamples: int = 10000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(values: list[float], level: float = 0.95, resamples: int = 10000,
+                 seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (resampled with replacement, seeded)."""
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:

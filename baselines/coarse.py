@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from a3c.batch import prepare_batch
 from a3c.checkpoint import CheckpointError
-from a3c.fileio import TargetError, check_target, interrupt_status, make_temp, sigterm_as_interrupt
 from a3c.cli import UsageError, positive_int, resolve_device
+from a3c.fileio import TargetError, check_target, interrupt_status, make_temp, sigterm_as_interrupt
 from baselines.train import model_from_baseline_checkpoint
 from datasets.store import SliceStore, StoreError
 
@@ -87,7 +87,8 @@ def write_coarse_store(ckpt_path: str | Path, data: str | Path, out: str | Path,
             except (TypeError, ValueError):
                 pass
             dst.attrs["coarse_from"] = json.dumps({"checkpoint": str(Path(ckpt_path).resolve()),
-                                                   "baseline": ckpt["baseline"]["name"], "source": str(store.path.resolve())})
+                                                   "baseline": ckpt["baseline"]["name"],
+                                                   "source": str(store.path.resolve())})
             images = dst.create_dataset("images", shape=(store.n, c + 1, h, w), dtype="f4", chunks=(1, c + 1, h, w))
             bar = tqdm(total=store.n, unit="slice", desc="coarse maps", file=sys.stderr, disable=not progress)
             for start in range(0, store.n, batch):

@@ -107,7 +107,8 @@ def _spec(model: BaselineNet) -> dict:
             "size_hint": list(model.size_hint) if model.size_hint else None}
 
 
-def model_from_baseline_checkpoint(ckpt: dict | str | Path, device: torch.device | str = "cpu") -> tuple[BaselineNet, dict]:
+def model_from_baseline_checkpoint(ckpt: dict | str | Path,
+                                   device: torch.device | str = "cpu") -> tuple[BaselineNet, dict]:
     """Rebuild a baseline from its checkpoint (``best.pt``) -> (model on device in eval mode, ckpt)."""
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
@@ -164,9 +165,9 @@ def train_baseline(name: str, store_path: str | Path, out_dir: str | Path, *, ep
     Schedule: ``max_updates`` updates if given, else ``epochs`` (default ``DEFAULT_EPOCHS``) times
     ``ceil(n_train / batch)``. ``val_every`` 0 = once per epoch. ``val_split`` None/"none" = no
     validation (the final model is kept). ``threads`` > 0 sets torch's intra-op threads for the
-    call (restored afterwards; default 1, as PixelDRL-MG's workers); 0 keeps torch's default. ``log`` receives the summary lines (the
-    CLI passes ``print``). Raises ``BaselineError`` or ``datasets.store.StoreError`` (one-line
-    messages) on bad input, before any training.
+    call (restored afterwards; default 1, as PixelDRL-MG's workers); 0 keeps torch's default.
+    ``log`` receives the summary lines (the CLI passes ``print``). Raises ``BaselineError`` or
+    ``datasets.store.StoreError`` (one-line messages) on bad input, before any training.
     """
     from datasets.store import SliceStore
 
@@ -368,8 +369,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--val-split", default="val", help="split for model selection; 'none' = keep the final model")
     ap.add_argument("--test-split", default="test")
     ap.add_argument("--width", default="1", metavar="W",
-                    help=f"channel multiplier, a number or one of {', '.join(f'{k} ({v:g})' for k, v in WIDTHS.items())} "
-                         "(default 1)")
+                    help="channel multiplier, a number or one of "
+                         f"{', '.join(f'{k} ({v:g})' for k, v in WIDTHS.items())} (default 1)")
     ap.add_argument("--val-every", type=non_negative_int, default=0, metavar="N",
                     help="validate every N updates (default 0 = once per epoch) and after the last")
     ap.add_argument("--threads", type=non_negative_int, default=1, metavar="N",

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script (python bench/read_store.py): make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datasets.store import SliceStore  # noqa: E402
-from datasets.writer import StoreWriter  # noqa: E402
+from datasets.store import SliceStore
+from datasets.writer import StoreWriter
 
 
 def build(path: Path, slices: int, channels: int, size: int, compression: str | None) -> None:

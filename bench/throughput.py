@@ -17,8 +17,8 @@ For each worker count W it prints one JSON line per mode:
 Each line carries ``mode, workers, batch, t_max, size, device, rollout, img_steps_per_s,
 updates_per_s, peak_mem_mib, flops_per_img_step`` (forward and backward as the rollout mode
 does them, counted with ``torch.utils.flop_counter``), ``mfu`` on CUDA with ``--peak-tflops``,
-and for async its ``backend``, ``mps`` and the ratio to the batched line of the same W. Figures are for comparison on one
-machine; on a shared machine compare ratios.
+and for async its ``backend``, ``mps`` and the ratio to the batched line of the same W. Figures
+are for comparison on one machine; on a shared machine compare ratios.
 """
 from __future__ import annotations
 
@@ -33,12 +33,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+if __package__ in (None, ""):  # run as a script (python bench/throughput.py): make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from a3c.config import load_config
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from a3c.config import load_config  # noqa: E402
 
 
 def flops_per_img_step(cfg, channels: int, size: int, device: str) -> float:
@@ -135,7 +137,8 @@ def run_async(args, cfg, store_path: str, workers: int, overrides: list[str]) ->
             if line.startswith("MPS:"):
                 print(line, file=sys.stderr)
         if res.returncode != 0:
-            raise SystemExit(f"async run failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
+            raise SystemExit("async run failed: "
+                             f"{res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
         flushes = []
         for ev in Path(run, "tb").glob("events.*"):
             acc = EventAccumulator(str(ev), size_guidance={"scalars": 0})
@@ -169,7 +172,8 @@ def main() -> int:
     ap.add_argument("--backend", default="local", choices=("local", "ray"), help="the async trainer's transport")
     ap.add_argument("--keep-runs", default=None, metavar="DIR",
                     help="keep each async run's folder (logs, TensorBoard) as DIR/async-wN instead of deleting it")
-    ap.add_argument("--mps", action="store_true", help="the async trainer under a private CUDA MPS daemon (a3c.launch --mps)")
+    ap.add_argument("--mps", action="store_true",
+                    help="the async trainer under a private CUDA MPS daemon (a3c.launch --mps)")
     ap.add_argument("--_batched", nargs=2, metavar=("STORE", "WORKERS"), help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -207,7 +211,8 @@ def main() -> int:
                     m = run_async(args, cfg, store, w, overrides)
                 line = {"mode": mode, "workers": w, "batch": cfg.train.batch_size, "t_max": cfg.env.t_max,
                         "size": args.size, "device": args.device, "rollout": cfg.train.rollout,
-                        "img_steps_per_s": round(m["img_steps_per_s"], 2), "updates_per_s": round(m["updates_per_s"], 3),
+                        "img_steps_per_s": round(m["img_steps_per_s"], 2),
+                        "updates_per_s": round(m["updates_per_s"], 3),
                         "peak_mem_mib": None if m["peak_mem_mib"] is None else round(m["peak_mem_mib"], 1),
                         "flops_per_img_step": flops}
                 if args.device == "cuda" and args.peak_tflops:
@@ -219,7 +224,8 @@ def main() -> int:
                     line["mps"] = args.mps
                 lines[mode] = line
             if "async" in lines and "batched" in lines and lines["batched"]["img_steps_per_s"] > 0:
-                lines["async"]["ratio_to_batched"] = round(lines["async"]["img_steps_per_s"] / lines["batched"]["img_steps_per_s"], 3)
+                lines["async"]["ratio_to_batched"] = round(
+                    lines["async"]["img_steps_per_s"] / lines["batched"]["img_steps_per_s"], 3)
             for line in lines.values():
                 print(json.dumps(line), flush=True)
     return 0

@@ -188,7 +188,8 @@ def load_nifti_case(case: CaseSource, label: float | None = None, allow_affine_m
     if lab.ndim == 4 and lab.shape[3] != 1:
         raise ConvertError(f"{case.mask}: expected a 3-D label volume, got shape {lab.shape}")
     if lab_shape != spatial:
-        raise ConvertError(f"{case.mask}: mask shape {lab_shape} differs from image shape {spatial} of {case.image.name}")
+        raise ConvertError(f"{case.mask}: mask shape {lab_shape} "
+                           f"differs from image shape {spatial} of {case.image.name}")
     masks = binarise_mask(label_to_slices(lab, case.mask), case.mask, label)
     diff = affine_mismatch(a_img, a_lab)
     if diff is not None and not allow_affine_mismatch:
@@ -211,7 +212,8 @@ def discover_lgg(src: Path) -> list[CaseSource]:
     def case_dirs(folder: Path) -> list[Path]:
         return sorted(
             d for d in folder.iterdir()
-            if d.is_dir() and not _hidden(d.name, "._") and any(p.suffix.lower() in (".tif", ".tiff") for p in d.iterdir())
+            if d.is_dir() and not _hidden(d.name, "._")
+               and any(p.suffix.lower() in (".tif", ".tiff") for p in d.iterdir())
         )
 
     dirs = case_dirs(root)
@@ -278,7 +280,8 @@ def load_lgg(case: CaseSource) -> CaseData:
             raise ConvertError(f"{ip}: expected an HxW or HxWxC image, got shape {img.shape}")
         check_finite(img, ip)
         mask = read_tiff(mp)
-        if mask.ndim == 3 and mask.shape[-1] <= 4 and all(np.array_equal(mask[..., 0], mask[..., c]) for c in range(mask.shape[-1])):
+        if mask.ndim == 3 and mask.shape[-1] <= 4 and all(np.array_equal(mask[..., 0], mask[..., c])
+                                                          for c in range(mask.shape[-1])):
             mask = mask[..., 0]
         if mask.shape != img.shape[1:]:
             raise ConvertError(f"{mp}: mask shape {mask.shape} differs from image shape {img.shape[1:]} of {ip.name}")
@@ -393,7 +396,7 @@ def discover_pairs(src: Path, images_glob: str, labels_glob: str, pair_by: str =
         if len(imgs) != len(labs):
             extra = imgs[len(labs)] if len(imgs) > len(labs) else labs[len(imgs)]
             raise ConvertError(f"{extra}: {len(imgs)} images but {len(labs)} labels; cannot pair by order")
-        cases = [CaseSource(_nifti_stem(i.name), image=i, mask=l) for i, l in zip(imgs, labs)]
+        cases = [CaseSource(_nifti_stem(img.name), image=img, mask=lab) for img, lab in zip(imgs, labs)]
     else:
         for key, p in sorted(images.items()):
             if key not in labels:
@@ -455,7 +458,8 @@ def read_bbox_csv(path: Path) -> dict[str, tuple[float, ...]]:
             header = [h.strip() for h in (reader.fieldnames or [])]
             missing = [c for c in _BBOX_COLUMNS if c not in header]
             if missing:
-                raise ConvertError(f"{path}: missing column(s) {', '.join(missing)} (expected {','.join(_BBOX_COLUMNS)})")
+                raise ConvertError(f"{path}: missing column(s) {', '.join(missing)} "
+                                   f"(expected {','.join(_BBOX_COLUMNS)})")
             boxes = {}
             for line, row in enumerate(reader, start=2):
                 row = {(k or "").strip(): v for k, v in row.items()}
@@ -736,7 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--channels", default=None, help="keep these channels (0-based, comma-separated), e.g. 1")
     common.add_argument("--size", default=None, help="resize every slice to S x S or H x W pixels (e.g. 256, 160x192)")
     common.add_argument("--label", type=float, default=None,
-                        help="take mask = (label == N) from a multi-label file (default: values must be {0,1} or {0,255})")
+                        help="take mask = (label == N) from a multi-label file "
+                             "(default: values must be {0,1} or {0,255})")
     common.add_argument("--percentiles", default="0.5,99.5",
                         help="per-case clip percentiles of the nonzero voxels before scaling to [0,1] "
                              "(default 0.5,99.5; 0,100 = min-max, keeps the contrast of small hot spots)")

@@ -80,7 +80,8 @@ def format_text(info: dict) -> str:
         shown = ", ".join(s["cases"][:8]) + (f", ... (+{len(s['cases']) - 8})" if len(s["cases"]) > 8 else "")
         lines.append(f"  {name:<6} {s['slices']:>7} {len(s['cases']):>6} {fg:>7}  {shown}")
     lines.append("")
-    lines.append("  k-shot subsets of train: " + ", ".join(f"{k} {v['slices']} slices" for k, v in info["subsets"].items()))
+    lines.append("  k-shot subsets of train: " + ", ".join(
+        f"{k} {v['slices']} slices" for k, v in info["subsets"].items()))
     lines.append("  folds (test part): " + ", ".join(
         f"{k} {v['test_slices']} slices/{len(v['test_cases'])} cases" for k, v in info["folds"].items()))
     lines.append("")

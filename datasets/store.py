@@ -237,7 +237,8 @@ class SliceStore:
                     "slice_index": f["slice_index"][()].astype(np.int64),
                     "spacing": f["spacing"][()].astype(np.float32),
                     "fold": f["folds/assignment"][()].astype(np.int64),
-                    "splits": {name: np.sort(f[f"splits/{name}"][()].astype(np.int64)) for name in ("train", "val", "test")},
+                    "splits": {name: np.sort(f[f"splits/{name}"][()].astype(np.int64))
+                               for name in ("train", "val", "test")},
                     "subsets": {k: np.sort(f[f"subsets/train_{k}"][()].astype(np.int64)) for k in SUBSET_SIZES},
                 }
             except Exception as exc:
@@ -362,7 +363,8 @@ class SliceStore:
             raise StoreError(f"{self.path}: read failed ({_one_line(exc)})") from None
         return masks if uniq.size == idx.size and np.array_equal(uniq, idx) else masks[inverse]
 
-    def sample(self, split: str, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(self, split: str, batch_size: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``min(batch_size, n)`` distinct random slices of ``split``: (images, masks, idx).
 
         Deterministic for a given ``rng`` state (one ``rng.choice(n, size, replace=False)``).

@@ -11,9 +11,10 @@ set of rules:
   (``0o666 & ~umask``). An output that is a folder, FIFO, device or socket is refused, even with
   ``overwrite``.
 * **Normalisation** (:func:`normalise_case`): per case and per channel, clip to the 0.5th and
-  99.5th percentiles (``percentiles``; converters' ``--percentiles``) of the case's nonzero voxels (all of its slices, before negatives are
-  dropped), then scale linearly to [0, 1]. Zero stays the darkest value, which fits the
-  method's ``X(t) = I * m(t)`` state where a zeroed pixel means "background".
+  99.5th percentiles (``percentiles``; converters' ``--percentiles``) of the case's nonzero
+  voxels (all of its slices, before negatives are dropped), then scale linearly to [0, 1]. Zero
+  stays the darkest value, which fits the method's ``X(t) = I * m(t)`` state where a zeroed
+  pixel means "background".
 * **Split by case** (:func:`allocate_counts`, :func:`split_cases`): the sorted case ids are
   shuffled with ``seed`` and cut by the ratios (largest-remainder rounding over cases); every
   split with a positive ratio gets at least one case when there are enough cases (test is served
@@ -41,7 +42,7 @@ import numpy as np
 
 from a3c.fileio import make_temp, special_kind
 
-from .store import SCHEMA_VERSION, SUBSET_SIZES, N_FOLDS
+from .store import N_FOLDS, SCHEMA_VERSION, SUBSET_SIZES
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
 
@@ -139,8 +140,8 @@ def normalise_case(images: np.ndarray, percentiles: Sequence[float] = DEFAULT_PE
     """Normalise one case ``[S, C, H, W]`` to float32 in [0, 1], per channel.
 
     Clip to the ``percentiles`` (default 0.5th / 99.5th) of the channel's nonzero voxels over
-    all S slices, then scale linearly; ``(0, 100)`` is min-max scaling; a channel with no nonzero voxel, or a constant one, becomes all zeros
-    (constant nonzero: ones where nonzero).
+    all S slices, then scale linearly; ``(0, 100)`` is min-max scaling; a channel with no nonzero
+    voxel, or a constant one, becomes all zeros (constant nonzero: ones where nonzero).
     """
     images = np.asarray(images, dtype=np.float32)
     out = np.zeros_like(images, dtype=np.float32)

@@ -23,7 +23,8 @@ def test_first_step_by_hand():
 def test_second_step_by_hand():
     # g1 = 1, g2 = 3, lr 0.01: m = 0.9*0.1 + 0.1*3 = 0.39, v = 0.999*0.001 + 0.001*9 = 0.009999;
     # m_hat = 0.39 / 0.19, v_hat = 0.009999 / (1 - 0.999^2).
-    theta, m, v = torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    theta, m, v = (torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64),
+                   torch.zeros(1, dtype=torch.float64))
     adam_step(theta, torch.ones(1, dtype=torch.float64), m, v, 1, lr=0.01)
     after1 = float(theta)
     adam_step(theta, torch.full((1,), 3.0, dtype=torch.float64), m, v, 2, lr=0.01)

@@ -3,7 +3,6 @@ half-written, no tracebacks, and the final checkpoint kept on every stop."""
 import dataclasses
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import get_type_hints
@@ -181,7 +180,8 @@ def test_network_changes_leave_out_what_keeps_the_parameters():
 
     old = load_config(SMOKE)
     assert network_changes(old, load_config(SMOKE, ["optim.lr=0.01", "env.t_max=5", "train.max_updates=9"]), 1) == []
-    assert network_changes(old, load_config(SMOKE, ["model.sam=false", "loss.gamma=0.9"]), 1) == ["model.sam True -> False"]
+    assert (network_changes(old, load_config(SMOKE, ["model.sam=false", "loss.gamma=0.9"]), 1)
+            == ["model.sam True -> False"])
 
 
 def test_resume_on_a_store_of_other_channels_is_exit_2_and_touches_nothing(tiny_store, tmp_path, launch_main):
@@ -204,8 +204,8 @@ def make_server(tmp_path):
     from workers.param_server import ParamServer
 
     cfg = load_config(SMOKE)
-    return ParamServer(logging.getLogger("test-server"), cfg.to_dict(), 1, [32, 32], 16, str(tmp_path), torch.device("cpu"),
-                       None, {}, lambda n: torch.zeros(n))
+    return ParamServer(logging.getLogger("test-server"), cfg.to_dict(), 1, [32, 32], 16, str(tmp_path),
+                       torch.device("cpu"), None, {}, lambda n: torch.zeros(n))
 
 
 def test_server_stops_after_100_non_finite_gradients_in_a_row(tmp_path):

@@ -80,7 +80,8 @@ def test_widths_and_parameter_counts():
     # Documented figures (docs/BASELINES.md): 3-channel input, width 1 and width small.
     assert count_params(build_baseline("unet", 3)) == 6_495_868
     assert count_params(build_baseline("unet", 3, width="small")) == 407_092
-    assert count_params(build_baseline("unet", 1, width="small")) < count_params(build_baseline("unet", 1, width="half"))
+    assert (count_params(build_baseline("unet", 1, width="small"))
+            < count_params(build_baseline("unet", 1, width="half")))
 
 
 # ------------------------------------------------------------------------------ evaluation

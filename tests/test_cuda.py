@@ -83,7 +83,8 @@ def test_cuda_forward_matches_cpu_in_fp32_and_bf16():
 def test_cuda_onestep_gradient_equals_full(amp):
     grads = {}
     for mode in ("full", "onestep"):
-        cfg = load_config(SMOKE, [f"train.rollout={mode}", f"train.amp={amp}", "model.width=8", "model.head_channels=16"])
+        cfg = load_config(SMOKE, [f"train.rollout={mode}", f"train.amp={amp}",
+                                  "model.width=8", "model.head_channels=16"])
         torch.manual_seed(0)
         model = tune_for_device(build_model(cfg.model, 1).cuda(), "cuda")
         x = torch.rand(2, 1, 48, 48, device="cuda")
@@ -120,7 +121,8 @@ def test_cuda_update_syncs_with_the_host_once_whatever_t_max(mode):
     inner loop, which would sync in every update, t_max times."""
     counts, seen = {}, {}
     for t_max in (2, 6):
-        cfg = load_config(SMOKE, [f"train.rollout={mode}", f"env.t_max={t_max}", "model.width=8", "model.head_channels=16"])
+        cfg = load_config(SMOKE, [f"train.rollout={mode}", f"env.t_max={t_max}",
+                                  "model.width=8", "model.head_channels=16"])
         model = tune_for_device(build_model(cfg.model, 1).cuda(), "cuda")
         x = torch.rand(2, 1, 48, 48, device="cuda")
         g = (torch.rand(2, 1, 48, 48, device="cuda") > 0.6).float()
@@ -140,8 +142,9 @@ def test_cuda_trainer_learns_and_evaluates(tmp_path):
     store = tmp_path / "blobs.h5"
     make_blob_store(store)
     run = tmp_path / "run"
-    res = run_module(["-m", "a3c.launch", "--config", SMOKE, "--workers", "2", "--data", str(store), "--run-dir", str(run),
-                      "--device", "cuda", "--no-progress", "train.max_updates=300", "train.checkpoint_interval_s=3"],
+    res = run_module(["-m", "a3c.launch", "--config", SMOKE, "--workers", "2", "--data", str(store),
+                      "--run-dir", str(run), "--device", "cuda", "--no-progress", "train.max_updates=300",
+                      "train.checkpoint_interval_s=3"],
                      timeout=300)
     assert res.returncode == 0, res.stderr
     best = json.loads((run / "checkpoints" / "best.json").read_text())

@@ -64,7 +64,8 @@ def test_monitor_warns_when_the_policy_keeps_every_pixel(tiny_store, tmp_path, c
     with caplog.at_level(logging.INFO, logger="test-monitor"):
         watch(logger, cfg.to_dict(), str(tiny_store), str(tmp_path), "cpu", SharedState.counters_only(), finish, stop)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and warnings[0].startswith("update 7: the policy keeps every pixel (100.0% kept"), warnings
+    assert len(warnings) == 1 and warnings[0].startswith("update 7: the policy keeps every pixel "
+                                                         "(100.0% kept"), warnings
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -29,7 +29,7 @@ fi
 [ "$FAKE_MPS" = mute ] && { echo "Cannot find MPS control daemon process" >&2; exit 1; }
 [ "$cmd" = get_server_list ] && [ "$FAKE_MPS" = serve ] && echo 4242
 exit 0
-"""
+"""  # noqa: E501 (a shell script: its long line stays one line)
 
 
 @pytest.fixture
@@ -88,7 +88,8 @@ def test_stop_restores_variables_the_user_had(fake, monkeypatch):
 
 @pytest.mark.parametrize("mode, message", [
     ("fail_start", "nvidia-cuda-mps-control -d failed (exit 1): permission denied; its log ends: cannot open the GPU"),
-    ("mute", "the MPS daemon does not answer (exit 1): Cannot find MPS control daemon process; its log ends: daemon started"),
+    ("mute", "the MPS daemon does not answer (exit 1): Cannot find MPS control daemon process; "
+             "its log ends: daemon started"),
 ])
 def test_a_daemon_that_fails_leaves_nothing(fake, monkeypatch, mode, message):
     monkeypatch.setenv("FAKE_MPS", mode)
@@ -104,7 +105,8 @@ def test_missing_control_program_is_a_one_line_error(tiny_store, tmp_path):
     (tmp_path / "empty").mkdir()
     res = run_module(["-m", "a3c.launch", "--mps", "--data", str(tiny_store), "--run-dir", str(tmp_path / "run")],
                      env={"PATH": str(tmp_path / "empty")})
-    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: --mps: nvidia-cuda-mps-control is not on PATH")
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith(
+        "error: --mps: nvidia-cuda-mps-control is not on PATH")
     assert not (tmp_path / "run").exists()
 
 
@@ -139,8 +141,9 @@ def test_bench_passes_mps_to_the_launcher_before_the_overrides(tmp_path):
                     reason="needs a CUDA GPU and nvidia-cuda-mps-control")
 def test_real_mps_serves_a_short_cuda_run(tiny_store, tmp_path):
     run = tmp_path / "run"
-    res = run_module(["-m", "a3c.launch", "--mps", "--device", "cuda", "--workers", "2", "--config", "configs/smoke.yaml",
-                      "--data", str(tiny_store), "--run-dir", str(run), "--no-progress", "train.max_updates=20"],
+    res = run_module(["-m", "a3c.launch", "--mps", "--device", "cuda", "--workers", "2",
+                      "--config", "configs/smoke.yaml", "--data", str(tiny_store), "--run-dir", str(run),
+                      "--no-progress", "train.max_updates=20"],
                      timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "server(s) served this run" in res.stderr, res.stderr[-2000:]

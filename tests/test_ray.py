@@ -132,9 +132,9 @@ def cluster(tmp_path_factory):
     address = f"127.0.0.1:{port}"
     common = ["--object-store-memory", str(150 * 2**20), "--disable-usage-stats"]
     try:
-        subprocess.run([exe, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "1",
-                        "--include-dashboard=false", "--temp-dir", str(tmp), *common], env=env, check=True,
-                       capture_output=True, text=True, timeout=120)
+        subprocess.run([exe, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                        "--num-cpus", "1", "--include-dashboard=false", "--temp-dir", str(tmp), *common],
+                       env=env, check=True, capture_output=True, text=True, timeout=120)
         subprocess.run([exe, "start", "--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
                         "--resources", json.dumps({"second_node": 1}), *common], env=env, check=True,
                        capture_output=True, text=True, timeout=120)

@@ -87,16 +87,16 @@ def test_refine_env_without_a_coarse_channel_is_refused():
 @pytest.fixture(scope="module")
 def baseline_ckpt(tiny_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("unet")
-    res = run_module(["-m", "baselines.train", "unet", "--data", str(tiny_store), "--out", str(out), "--max-updates", "3",
-                      "--width", "tiny", "--device", "cpu", "--no-progress"], timeout=300)
+    res = run_module(["-m", "baselines.train", "unet", "--data", str(tiny_store), "--out", str(out),
+                      "--max-updates", "3", "--width", "tiny", "--device", "cpu", "--no-progress"], timeout=300)
     assert res.returncode == 0, res.stderr
     return out / "best.pt"
 
 
 def test_coarse_store_adds_the_baseline_probability_channel(tiny_store, baseline_ckpt, tmp_path):
     out = tmp_path / "coarse.h5"
-    res = run_module(["-m", "baselines.coarse", "--ckpt", str(baseline_ckpt), "--data", str(tiny_store), "--out", str(out),
-                      "--device", "cpu", "--no-progress"], timeout=300)
+    res = run_module(["-m", "baselines.coarse", "--ckpt", str(baseline_ckpt), "--data", str(tiny_store),
+                      "--out", str(out), "--device", "cpu", "--no-progress"], timeout=300)
     assert res.returncode == 0, res.stderr
     src, dst = SliceStore(tiny_store), SliceStore(out)
     c, h, w = src.image_shape
@@ -121,7 +121,8 @@ def test_coarse_store_adds_the_baseline_probability_channel(tiny_store, baseline
 
     again = run_module(["-m", "baselines.coarse", "--ckpt", str(baseline_ckpt), "--data", str(tiny_store), "--out",
                         str(out), "--no-progress"], timeout=120)
-    assert again.returncode == 2 and again.stderr.strip().splitlines()[-1] == f"error: {out}: exists (--overwrite replaces it)"
+    assert (again.returncode == 2
+            and again.stderr.strip().splitlines()[-1] == f"error: {out}: exists (--overwrite replaces it)")
 
 
 def test_coarse_store_refuses_a_pixeldrl_checkpoint(tiny_store, tmp_path):

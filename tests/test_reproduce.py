@@ -47,14 +47,16 @@ def test_experiments_with_baselines_write_their_tables(tiny_store, tmp_path, exp
     if experiment == "table6":  # each fold tested on its own cases; both folds averaged into one row
         assert {r["test_split"] for r in lines} == {"fold0/test", "fold1/test"}
         for r in lines:  # the trainings themselves were tested on the fold's cases
-            assert json.loads((out / "cells" / r["id"] / "run" / "test_metrics.json").read_text())["split"] == r["test_split"]
+            assert (json.loads((out / "cells" / r["id"] / "run" / "test_metrics.json").read_text())["split"]
+                    == r["test_split"])
         assert "| 2 |" in table
     if experiment == "cv":  # every case tested once per method; per-patient and paired sections
         assert {r["test_split"] for r in lines} == {"cv2/fold0/test", "cv2/fold1/test"}
         cases = set()
         for r in lines:
             if r["row"] == "U-Net":
-                cases |= {i["case"] for i in json.loads((out / "cells" / r["id"] / "result.json").read_text())["per_image"]}
+                cases |= {i["case"]
+                          for i in json.loads((out / "cells" / r["id"] / "result.json").read_text())["per_image"]}
         with h5py.File(tiny_store) as f:
             assert cases == {c.decode() for c in f["case_id"][()]}
         for section in ("## Pooled over patients", "## Dice per patient", "## Collapsed runs", "## Paired per-patient"):

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: python tools/cv_report.py
+if __package__ in (None, ""):  # run as a script (python tools/cv_report.py): make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from a3c.evaluate import mask_shares, policy_collapse  # noqa: E402
-from a3c.stats import bootstrap_ci, wilcoxon_signed_rank  # noqa: E402
+from a3c.evaluate import mask_shares, policy_collapse
+from a3c.stats import bootstrap_ci, wilcoxon_signed_rank
 
 REPORT_KEYS = ("dice", "iou", "biou", "hd95")
 COLLAPSE_FRACTION = 0.8
@@ -65,12 +65,14 @@ def pooled(results: list[dict]) -> dict[str, dict]:
     pm = patient_means(results)
     out = {}
     for method, seeds in pm.items():
-        per_seed = {s: {k: statistics.fmean(c[k] for c in cases.values()) for k in REPORT_KEYS} for s, cases in seeds.items()}
+        per_seed = {s: {k: statistics.fmean(c[k] for c in cases.values()) for k in REPORT_KEYS}
+                    for s, cases in seeds.items()}
         slices = defaultdict(list)
         for r in results:
             if r["row"] == method:
                 slices[r["seed"]] += r["per_image"]
-        per_seed_slice = {s: {k: float(np.mean([i[k] for i in imgs])) for k in REPORT_KEYS} for s, imgs in slices.items()}
+        per_seed_slice = {s: {k: float(np.mean([i[k] for i in imgs])) for k in REPORT_KEYS}
+                          for s, imgs in slices.items()}
         out[method] = {
             "patient": {k: _mean_sd([v[k] for v in per_seed.values()]) for k in REPORT_KEYS},
             "slice": {k: _mean_sd([v[k] for v in per_seed_slice.values()]) for k in REPORT_KEYS},
@@ -156,7 +158,8 @@ def cv_markdown(results: list[dict]) -> str:
                          f"last below first in {worse})")
     if len(methods) > 1:
         lines += ["", f"## Paired per-patient comparison: {methods[0]} minus each other method (Dice)", "",
-                  "| other method | patients | mean difference | bootstrap 95% CI | patients won | Wilcoxon p (exact) |",
+                  "| other method | patients | mean difference | bootstrap 95% CI | patients won "
+                  "| Wilcoxon p (exact) |",
                   "|---|---|---|---|---|---|"]
         for m in methods[1:]:
             p = paired(results, methods[0], m)

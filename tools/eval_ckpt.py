@@ -18,21 +18,20 @@ written; 130 on Ctrl-C, 143 on SIGTERM.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import argparse
 import re
+import sys
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+if __package__ in (None, ""):  # run as a script (python tools/eval_ckpt.py): make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from a3c.cli import UsageError, non_negative_int, one_line, positive_int, resolve_device
 from a3c.fileio import TargetError, interrupt_status, probe_writable, sigterm_as_interrupt, write_json_atomic
 from a3c.metrics import METRIC_KEYS
-from a3c.cli import UsageError, non_negative_int, one_line, positive_int, resolve_device
 
 PNG_HELP = ("per slice, write <case>_<slice>_overlay.png (the input's first channel in grey, min-max "
             "scaled; the prediction filled in semi-transparent red; the ground-truth contour in green, "

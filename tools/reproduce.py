@@ -57,13 +57,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if __package__ in (None, ""):  # run as a script (python tools/reproduce.py): make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from a3c.cli import UsageError, one_line, positive_float, positive_int  # noqa: E402
-from a3c.config import ConfigError, load_config  # noqa: E402
-from a3c.fileio import write_atomic, write_bytes_atomic, write_json_atomic  # noqa: E402
-from a3c.metrics import METRIC_KEYS, TABLE_HEADER  # noqa: E402
+from a3c.cli import UsageError, one_line, positive_float, positive_int
+from a3c.config import ConfigError, load_config
+from a3c.fileio import write_atomic, write_bytes_atomic, write_json_atomic
+from a3c.metrics import METRIC_KEYS, TABLE_HEADER
+
+ROOT = Path(__file__).resolve().parent.parent
 
 EXPERIMENTS = ("table2", "table3", "table4", "table6", "cv", "fig5", "fig7")
 PIXELDRL = "PixelDRL-MG"
@@ -244,7 +246,8 @@ def markdown(experiment: str, rows: list[dict], args) -> str:
              "|---|---|" + "---|" * (len(names) + 3)]
     for r in rows:
         cells = " | ".join(f"{r['stats'][k][0]:.4f} ± {r['stats'][k][1]:.4f}" for k in METRIC_KEYS)
-        lines.append(f"| {r['setting']} | {r['row']} | {cells} | {r['params'] / 1e6:.2f}M | {r['n']} | {r['wall_s']:.0f} |")
+        lines.append(f"| {r['setting']} | {r['row']} | {cells} | "
+                     f"{r['params'] / 1e6:.2f}M | {r['n']} | {r['wall_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

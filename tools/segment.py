@@ -41,24 +41,29 @@ temporary file in DIR and renamed into place only when complete.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import argparse
 import gzip
 import json
 import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from a3c.fileio import interrupt_status, make_dirs, remove_empty_dirs, sigterm_as_interrupt, special_kind, \
-    write_bytes_atomic
+if __package__ in (None, ""):  # run as a script (python tools/segment.py): make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from a3c.cli import UsageError, one_line, positive_int, resolve_device
+from a3c.fileio import (
+    interrupt_status,
+    make_dirs,
+    remove_empty_dirs,
+    sigterm_as_interrupt,
+    special_kind,
+    write_bytes_atomic,
+)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
@@ -567,8 +572,9 @@ def _segment_all(args, model, cfg, prep, device, warnings) -> int:
             try:
                 written = segment_input(src, kind, model, cfg, prep, args, device, claimed, progress)
             except (InputError, OSError) as exc:
-                msg = str(exc) if isinstance(exc, InputError) else \
-                    f"{src}: cannot write {getattr(exc, 'filename', None) or 'output'} ({exc.strerror or one_line(exc)})"
+                msg = str(exc) if isinstance(exc, InputError) else (
+                    f"{src}: cannot write {getattr(exc, 'filename', None) or 'output'} "
+                    f"({exc.strerror or one_line(exc)})")
                 bar.write(f"error: {msg}", file=sys.stderr)
                 errors.append(msg)
                 bar.total = max(bar.n, bar.total - (planned - done[0]))

@@ -99,7 +99,8 @@ class Launcher:
         self.server = self._spawn("server", serve, max(1, cfg.train.threads_per_worker), cfg.to_dict(), c, size,
                                   n_train, str(self.run), str(self.device), n, {r: p[0] for r, p in pipes.items()},
                                   server_ctrl, init_q, self.resume, preprocess_info(self.store), self.shared,
-                                  active_workers(cfg.train.active_workers, n, self.device, cfg.train.threads_per_worker))
+                                  active_workers(cfg.train.active_workers, n, self.device,
+                                                 cfg.train.threads_per_worker))
         server_ctrl.close()
         for r, (_, wrk_end) in pipes.items():
             self._start_worker(r, wrk_end)
@@ -174,7 +175,8 @@ class Launcher:
         self.restarts += 1
         limit = self.cfg.train.max_worker_restarts
         if self.restarts > limit:
-            raise RunError(f"workers failed {self.restarts} times (worker {rank}: {why}; last error: {error}); stopping")
+            raise RunError(f"workers failed {self.restarts} times (worker {rank}: {why}; "
+                           f"last error: {error}); stopping")
         print(f"\nworker {rank} died ({why}); restarting it ({self.restarts}/{limit})", file=sys.stderr)
 
     def budget_total(self) -> int | None:
@@ -206,7 +208,8 @@ class Launcher:
             bar.close()
         if self.shared.get("diverged"):
             raise RunError(f"the last {MAX_REJECTED_IN_A_ROW} gradients were all non-finite and rejected: training "
-                           f"has diverged (try a lower optim.lr, or optim.grad_clip > 0; see {self.log_dir}/server.log)")
+                           f"has diverged (try a lower optim.lr, or optim.grad_clip > 0; "
+                           f"see {self.log_dir}/server.log)")
 
     def wind_down(self, evaluate_last: bool) -> None:
         """Workers stop, the server exits, the monitor takes a last look (``evaluate_last``) or stops.

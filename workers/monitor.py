@@ -17,8 +17,8 @@ import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
 from a3c.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from a3c.fileio import write_json_atomic
 from a3c.evaluate import EvalResult, evaluate, example_grid, mask_shares, model_from_checkpoint, policy_collapse
+from a3c.fileio import write_json_atomic
 from datasets.store import SliceStore
 from workers.shared import SharedState
 
@@ -43,7 +43,8 @@ def watch(logger, cfg_dict: dict, store_path: str, run_dir: str, device_str: str
 
     cfg = config_from_dict(cfg_dict)
     run = Path(run_dir)
-    latest, best, best_json = run / "checkpoints" / "latest.pt", run / "checkpoints" / "best.pt", run / "checkpoints" / "best.json"
+    latest, best, best_json = (run / "checkpoints" / "latest.pt", run / "checkpoints" / "best.pt",
+                               run / "checkpoints" / "best.json")
     store = SliceStore(store_path)
     writer = SummaryWriter(str(run / "tb"))
     best_dice = json.loads(best_json.read_text())["dice"] if best_json.exists() else -1.0

@@ -37,7 +37,8 @@ class PrivateMPS:
     previous: dict[str, str | None] | None = None  # the variables' values before start_mps
 
     def env(self) -> dict[str, str]:
-        return {"CUDA_MPS_PIPE_DIRECTORY": str(self.folder / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(self.folder / "log")}
+        return {"CUDA_MPS_PIPE_DIRECTORY": str(self.folder / "pipe"),
+                "CUDA_MPS_LOG_DIRECTORY": str(self.folder / "log")}
 
     def control(self, command: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
         """Run the control program with this daemon's folders: ``-d`` when command is None, else send it."""

@@ -74,7 +74,8 @@ class TrainLog:
 
 def budget_spent(cfg, counters: dict) -> bool:
     t = cfg.train
-    return (t.max_updates > 0 and counters["updates"] >= t.max_updates) or (t.epochs > 0 and counters["epoch"] >= t.epochs)
+    return ((t.max_updates > 0 and counters["updates"] >= t.max_updates)
+            or (t.epochs > 0 and counters["epoch"] >= t.epochs))
 
 
 class ParamServer:
@@ -166,7 +167,8 @@ class ParamServer:
         self.logger.warning("rejected a non-finite gradient from worker %d (%d so far, %d in a row)", rank,
                             self.learner.rejected, self.rejected_in_a_row)
         if self.rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
-            self.logger.error("%d non-finite gradients in a row: training has diverged; stopping", self.rejected_in_a_row)
+            self.logger.error("%d non-finite gradients in a row: training has diverged; stopping",
+                              self.rejected_in_a_row)
             self.diverged = True
             self.stop("diverged")
 

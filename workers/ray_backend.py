@@ -218,9 +218,11 @@ class RayLauncher(Launcher):
             for rank, ref in self.wheres.items():
                 self.places[rank] = ray.get(ref, timeout=STARTUP_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
-            raise RunError(f"Ray could not place {n} workers of {self.worker_options.get('num_cpus')} CPUs"
-                           f"{' and ' + str(self.worker_options['num_gpus']) + ' GPUs' if 'num_gpus' in self.worker_options else ''}"
-                           f" each within {STARTUP_TIMEOUT_S:.0f} s; the cluster has {ray.cluster_resources()}") from None
+            gpu_part = (" and " + str(self.worker_options["num_gpus"]) + " GPUs"
+                        if "num_gpus" in self.worker_options else "")
+            raise RunError(f"Ray could not place {n} workers of {self.worker_options.get('num_cpus')} CPUs{gpu_part}"
+                           f" each within {STARTUP_TIMEOUT_S:.0f} s; "
+                           f"the cluster has {ray.cluster_resources()}") from None
         except ray.exceptions.RayError as exc:
             raise RunError(f"a worker failed to start: {error_line(exc)}") from None
         self.write_placement()

@@ -90,7 +90,8 @@ def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int
             raise LinkClosed(f"worker {rank}: the server's pipe closed before it sent its state") from exc
         assert kind == "shared" and isinstance(shared, SharedState), kind
         if shared.theta.numel() != n_params:
-            raise RuntimeError(f"the server's theta has {shared.theta.numel()} parameters, worker {rank}'s model {n_params}")
+            raise RuntimeError(f"the server's theta has {shared.theta.numel()} parameters, "
+                               f"worker {rank}'s model {n_params}")
         return PipeLink(shared, rank, conn)
 
     try:
