@@ -1,21 +1,32 @@
-"""Checkpoints: written atomically, loaded with ``weights_only=True``.
+"""Checkpoints: the format, built and read here only; written atomically, loaded with ``weights_only=True``.
 
-A checkpoint is a dict of plain types and tensors:
+A PixelDRL-MG checkpoint (``pixeldrl_checkpoint``) is a dict of plain types and tensors:
 ``format``, ``config`` (``Config.to_dict()``), ``image_channels``, ``image_size`` [H, W] (as
 trained), ``params`` (count), ``model`` (state dict), ``optimizer`` (Adam state dict),
 ``counters`` (``updates``, ``images``, ``epoch``, ``rejected``, ``lr``), ``rng`` (the server's
 torch RNG state), ``preprocess`` (the training store's ``normalisation``, ``converter``, channel
 attributes and ``image_shape`` [C, H, W]: how new images must be prepared) and ``created``
 (Unix time).
+
+A baseline checkpoint (``baseline_checkpoint``, ``baselines.train``'s ``best.pt``) has the same
+``format``, ``image_channels``, ``image_size``, ``params``, ``model``, ``counters`` (no
+``rejected``), ``preprocess`` and ``created``, no ``optimizer`` or ``rng``, and adds ``kind``
+(``"baseline"``), ``baseline`` (the network's spec: ``name``, ``width``, ``in_channels``,
+``size_hint``) and ``val_dice``; its ``config`` is ``{"baseline": spec}``, a section the config
+loader rejects, so that PixelDRL-MG's tools refuse the file with one line.
 """
 from __future__ import annotations
 
+import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from a3c.fileio import write_atomic
+from a3c.params import numel
 
 FORMAT = 1
 REQUIRED_KEYS = ("format", "config", "image_channels", "params", "model", "counters")
@@ -23,6 +34,55 @@ REQUIRED_KEYS = ("format", "config", "image_channels", "params", "model", "count
 
 class CheckpointError(RuntimeError):
     """A missing, unreadable or incompatible checkpoint; one-line message naming the file."""
+
+
+@dataclass(frozen=True)
+class TrainedOn:
+    """What a network was trained on: ``channels`` of the images, ``size`` [H, W] at the network's
+    input, ``preprocess`` (the training store's attributes that say how to prepare new images)."""
+
+    channels: int
+    size: list[int]
+    preprocess: dict
+
+
+def _weights(model: nn.Module) -> dict:
+    """The state dict as CPU copies: a parameter that is a view of a flat vector saves its own data only."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def pixeldrl_checkpoint(model: nn.Module, config: dict, data: TrainedOn, optimizer: dict, counters: dict) -> dict:
+    """A PixelDRL-MG checkpoint of ``model`` (built from ``config``, ``Config.to_dict()``), with the
+    optimiser's state dict, the learner's counters and the current torch RNG state."""
+    return {"format": FORMAT, "config": config, "image_channels": int(data.channels),
+            "image_size": list(data.size), "params": numel(model), "model": _weights(model),
+            "optimizer": optimizer, "counters": counters, "rng": torch.get_rng_state(),
+            "preprocess": data.preprocess, "created": time.time()}
+
+
+def baseline_checkpoint(model: nn.Module, spec: dict, data: TrainedOn, counters: dict,
+                        val_dice: float | None) -> dict:
+    """A supervised baseline's checkpoint; ``spec`` rebuilds the network (``baselines.models``),
+    ``val_dice`` is its validation Dice (None: not validated)."""
+    return {"format": FORMAT, "kind": "baseline", "baseline": spec, "config": {"baseline": spec},
+            "image_channels": int(data.channels), "image_size": list(data.size), "params": numel(model),
+            "model": _weights(model), "counters": counters, "val_dice": val_dice,
+            "preprocess": data.preprocess, "created": time.time()}
+
+
+def baseline_spec(ckpt: dict) -> dict:
+    """The network spec of a baseline checkpoint; CheckpointError for any other checkpoint."""
+    spec = ckpt.get("baseline")
+    if ckpt.get("kind") != "baseline" or not isinstance(spec, dict):
+        raise CheckpointError("not a baseline checkpoint (a PixelDRL-MG one? use tools/eval_ckpt.py)")
+    return spec
+
+
+def check_params(ckpt: dict, model: nn.Module, built_by: str) -> None:
+    """CheckpointError unless ``model`` (rebuilt from ``built_by``: "config", "spec") has the
+    checkpoint's recorded parameter count."""
+    if numel(model) != int(ckpt["params"]):
+        raise CheckpointError(f"checkpoint says {ckpt['params']} parameters, its {built_by} builds {numel(model)}")
 
 
 def save_checkpoint(obj: dict, path: str | Path) -> None:

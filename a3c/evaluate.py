@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from a3c.batch import prepare_batch
-from a3c.checkpoint import CheckpointError, load_checkpoint
+from a3c.checkpoint import CheckpointError, check_params, load_checkpoint
 from a3c.config import Config, config_from_dict
 from a3c.metrics import METRIC_KEYS, TABLE_HEADER, aggregate_metrics, overlap_metrics, segmentation_metrics
-from a3c.model import PixelDRLNet, build_model, count_params, tune_for_device
+from a3c.model import PixelDRLNet, build_model, tune_for_device
 from a3c.rollout import greedy_episode
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -147,8 +147,7 @@ def model_from_checkpoint(ckpt: dict | str, device: torch.device | str = "cpu") 
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint parameters do not fit its own config "
                               f"({str(exc).splitlines()[0][:200]})") from None
-    if count_params(model) != int(ckpt["params"]):
-        raise CheckpointError(f"checkpoint says {ckpt['params']} parameters, its config builds {count_params(model)}")
+    check_params(ckpt, model, "config")
     tune_for_device(model.to(device).eval(), device, cfg.train)
     return model, cfg, ckpt
 

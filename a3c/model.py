@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from a3c.config import ConfigError, EnvConfig, ModelConfig, TrainConfig, load_config
 from a3c.env import n_actions
+from a3c.params import numel
 
 VGG_BLOCKS = (2, 2, 3, 3)  # convolutions per block, conv1_x .. conv4_x
 
@@ -230,10 +231,6 @@ def build_model(cfg: ModelConfig, image_channels: int, env: EnvConfig | str = "m
     return PixelDRLNet(cfg, state_channels(image, env.state), n_actions(env))
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m a3c.model", description="Print the network's parameter count as JSON.")
     ap.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml)")
@@ -247,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     channels = args.in_channels or cfg.model.in_channels or 1
     model = build_model(cfg.model, channels, cfg.env)
-    parts = {name: count_params(getattr(model, name)) for name in ("features", "sam", "policy", "value", "reward_conv")}
-    print(json.dumps({"params": count_params(model), "in_channels": model.in_channels, "parts": parts,
+    parts = {name: numel(getattr(model, name)) for name in ("features", "sam", "policy", "value", "reward_conv")}
+    print(json.dumps({"params": numel(model), "in_channels": model.in_channels, "parts": parts,
                       "sam": cfg.model.sam, "dilation": cfg.model.dilation}))
     return 0
 

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 
 def numel(model: nn.Module) -> int:
+    """Number of parameters (trainable or not) of ``model``: the length P of its flat vector."""
     return sum(p.numel() for p in model.parameters())
 
 

@@ -41,7 +41,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["BASELINES", "WIDTHS", "BaselineNet", "build_baseline", "count_params", "parse_width"]
+from a3c.params import numel
+
+__all__ = ["BASELINES", "WIDTHS", "BaselineNet", "build_baseline", "parse_width"]
 
 WIDTHS = {"full": 1.0, "half": 0.5, "small": 0.25, "tiny": 0.125}
 
@@ -177,11 +179,6 @@ def build_baseline(name: str, in_channels: int, size_hint: int | tuple[int, int]
     return BaselineNet(name, builder(int(in_channels), w), int(in_channels), w, multiple, hint)
 
 
-def count_params(model: nn.Module) -> int:
-    """Number of parameters (trainable or not) of ``model``."""
-    return sum(p.numel() for p in model.parameters())
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m baselines.models [--in-channels C] [--width W]``: parameter counts as a table."""
     import argparse
@@ -192,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", default="1")
     args = ap.parse_args(argv)
     for name in BASELINES:
-        n = count_params(build_baseline(name, args.in_channels, width=args.width))
+        n = numel(build_baseline(name, args.in_channels, width=args.width))
         print(f"{name:<16}{n:>12,d}  ({n / 1e6:.2f}M)")
     return 0
 

@@ -47,12 +47,21 @@ import torch
 
 from a3c.augment import AUGMENT_MODES, augment_batch
 from a3c.batch import prepare_batch
-from a3c.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from a3c.checkpoint import (
+    CheckpointError,
+    TrainedOn,
+    baseline_checkpoint,
+    baseline_spec,
+    check_params,
+    load_checkpoint,
+    save_checkpoint,
+)
 from a3c.cli import UsageError, non_negative_int, one_line, positive_float, positive_int, resolve_device
 from a3c.evaluate import EvalResult, limit_batches, score_batch, table_row
 from a3c.fileio import write_json_atomic
 from a3c.metrics import METRIC_KEYS, aggregate_metrics
-from baselines.models import BASELINES, WIDTHS, BaselineNet, build_baseline, count_params, parse_width
+from a3c.params import numel
+from baselines.models import BASELINES, WIDTHS, BaselineNet, build_baseline, parse_width
 
 __all__ = ["BaselineError", "DEFAULT_EPOCHS", "evaluate_baseline", "model_from_baseline_checkpoint",
            "train_baseline", "main"]
@@ -112,16 +121,13 @@ def model_from_baseline_checkpoint(ckpt: dict | str | Path,
     """Rebuild a baseline from its checkpoint (``best.pt``) -> (model on device in eval mode, ckpt)."""
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
-    spec = ckpt.get("baseline")
-    if ckpt.get("kind") != "baseline" or not isinstance(spec, dict):
-        raise CheckpointError("not a baseline checkpoint (a PixelDRL-MG one? use tools/eval_ckpt.py)")
+    spec = baseline_spec(ckpt)
     try:
         model = build_baseline(spec["name"], int(spec["in_channels"]), spec.get("size_hint"), width=spec["width"])
         model.load_state_dict(ckpt["model"])
     except (KeyError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"baseline checkpoint does not rebuild ({one_line(exc)})") from None
-    if count_params(model) != int(ckpt["params"]):
-        raise CheckpointError(f"checkpoint says {ckpt['params']} parameters, its spec builds {count_params(model)}")
+    check_params(ckpt, model, "spec")
     return model.to(device).eval(), ckpt
 
 
@@ -235,7 +241,7 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
     torch.manual_seed(r.seed)
     rng = np.random.default_rng(r.seed)
     model = build_baseline(r.name, channels, used_hw, width=r.width).to(dev)
-    params = count_params(model)
+    params = numel(model)
     loss_fn = DiceCELoss(sigmoid=True)
     opt = torch.optim.Adam(model.parameters(), lr=r.lr)
     per_epoch = math.ceil(r.n_train / r.batch)
@@ -251,21 +257,13 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
         f"({r.val_split or 'none'}), {r.n_test} test ({r.test_split}); {total} updates of batch {r.batch} "
         f"({total / per_epoch:.2f} epochs), lr {r.lr:g}, device {dev}, {torch.get_num_threads()} thread(s)")
 
+    trained_on = TrainedOn(channels, list(used_hw), {k: store.attrs.get(k) for k in ("normalisation", "converter")}
+                           | {"image_shape": [int(s) for s in store.image_shape]})
+
     def checkpoint(updates: int, val_dice: float | None) -> dict:
-        return {
-            "format": FORMAT, "kind": "baseline", "baseline": _spec(model),
-            # A config section a3c's config loader rejects, so tools/eval_ckpt.py refuses this file
-            # with one line instead of building a PixelDRL-MG network from defaults.
-            "config": {"baseline": _spec(model)},
-            "image_channels": int(channels), "image_size": list(used_hw), "params": int(params),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "counters": {"updates": int(updates), "images": int(updates * r.batch),
-                         "epoch": float(updates / per_epoch), "lr": r.lr},
-            "val_dice": val_dice,
-            "preprocess": {k: store.attrs.get(k) for k in ("normalisation", "converter")}
-                          | {"image_shape": [int(s) for s in store.image_shape]},
-            "created": time.time(),
-        }
+        counters = {"updates": int(updates), "images": int(updates * r.batch), "epoch": float(updates / per_epoch),
+                    "lr": r.lr}
+        return baseline_checkpoint(model, _spec(model), trained_on, counters, val_dice)
 
     history: list[dict] = []
     best, best_update = -1.0, 0

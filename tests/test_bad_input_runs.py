@@ -13,7 +13,8 @@ import torch
 from a3c.checkpoint import FORMAT, save_checkpoint
 from a3c.cli import UsageError
 from a3c.config import Config, ConfigError, load_config
-from a3c.model import build_model, count_params
+from a3c.model import build_model
+from a3c.params import numel
 from tests.conftest import wait_for
 from tests.test_trainer import SMOKE, alive, child_pids, start_launch, updates_in, wait_until_training
 
@@ -153,7 +154,7 @@ def fake_run(run: Path, channels: int) -> None:
     (run / "config.yaml").write_text(cfg.to_yaml())
     (run / "meta.json").write_text('{"resumed_at_update": 0}\n')
     save_checkpoint({"format": FORMAT, "config": cfg.to_dict(), "image_channels": channels, "image_size": [32, 32],
-                     "params": count_params(model), "model": model.state_dict(),
+                     "params": numel(model), "model": model.state_dict(),
                      "counters": {"updates": 3, "images": 6, "epoch": 0.375, "rejected": 0, "lr": 1e-3},
                      "rng": torch.get_rng_state()}, run / "checkpoints" / "latest.pt")
 

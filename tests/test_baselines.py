@@ -11,7 +11,8 @@ import torch
 from a3c.batch import prepare_batch
 from a3c.evaluate import _scaled_spacing
 from a3c.metrics import METRIC_KEYS, TABLE_HEADER, aggregate_metrics, segmentation_metrics
-from baselines.models import BASELINES, WIDTHS, build_baseline, count_params, parse_width
+from a3c.params import numel
+from baselines.models import BASELINES, WIDTHS, build_baseline, parse_width
 from baselines.train import evaluate_baseline, main, model_from_baseline_checkpoint, train_baseline
 from datasets.store import SliceStore
 from tests.conftest import ROOT, run_module
@@ -78,10 +79,10 @@ def test_widths_and_parameter_counts():
     with pytest.raises(ValueError):
         build_baseline("unet", 0)
     # Documented figures (docs/BASELINES.md): 3-channel input, width 1 and width small.
-    assert count_params(build_baseline("unet", 3)) == 6_495_868
-    assert count_params(build_baseline("unet", 3, width="small")) == 407_092
-    assert (count_params(build_baseline("unet", 1, width="small"))
-            < count_params(build_baseline("unet", 1, width="half")))
+    assert numel(build_baseline("unet", 3)) == 6_495_868
+    assert numel(build_baseline("unet", 3, width="small")) == 407_092
+    assert (numel(build_baseline("unet", 1, width="small"))
+            < numel(build_baseline("unet", 1, width="half")))
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -132,7 +133,7 @@ def test_cli_writes_test_metrics(trained, tiny_store):
         if k != "hd95":
             assert 0.0 <= j[k] <= 1.0
     assert j["hd95"] >= 0
-    assert j["params"] == count_params(build_baseline("unet", 1, width="small"))
+    assert j["params"] == numel(build_baseline("unet", 1, width="small"))
     assert (j["model"], j["width"], j["updates"], j["n"], j["split"]) == ("unet", 0.25, 5, n_test, "test")
     assert len(j["per_image"]) == n_test
     assert [h["update"] for h in j["val_history"]] == [2, 4, 5]

@@ -7,7 +7,8 @@ import torch
 from a3c.config import Config, ConfigError, load_config, parse_overrides
 from a3c.env import PixelEnv, observe, pixel_reward, update_mask
 from a3c.losses import class_weights, discounted_returns, entropy_map, step_losses
-from a3c.model import RewardConv, build_model, count_params
+from a3c.model import RewardConv, build_model
+from a3c.params import numel
 from a3c.rollout import greedy_episode, reference_update, sample_actions
 
 
@@ -117,10 +118,10 @@ def test_network_shapes(channels, size, sam, dilation):
 
 def test_paper_configuration_parameter_count_near_paper():
     cfg = load_config("configs/paper.yaml")
-    n = count_params(build_model(cfg.model, 3))
+    n = numel(build_model(cfg.model, 3))
     assert abs(n - 7.14e6) / 7.14e6 < 0.10, n
     ablated = load_config("configs/paper.yaml", ["model.sam=false"])
-    assert count_params(build_model(ablated.model, 3)) < n
+    assert numel(build_model(ablated.model, 3)) < n
 
 
 def test_env_mask_update_and_reward():

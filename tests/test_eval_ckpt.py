@@ -17,7 +17,8 @@ import torch
 from a3c.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from a3c.config import config_from_dict, load_config
 from a3c.metrics import segmentation_metrics
-from a3c.model import build_model, count_params
+from a3c.model import build_model
+from a3c.params import numel
 from a3c.rollout import greedy_episode
 from datasets.store import SliceStore
 from datasets.synth import make_synthetic_store
@@ -37,11 +38,11 @@ def make_checkpoint(path: Path, channels: int = 1) -> int:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     save_checkpoint({
         "format": FORMAT, "config": cfg.to_dict(), "image_channels": channels, "image_size": [32, 32],
-        "params": count_params(model), "model": model.state_dict(), "optimizer": opt.state_dict(),
+        "params": numel(model), "model": model.state_dict(), "optimizer": opt.state_dict(),
         "counters": {"updates": 5, "images": 10, "epoch": 0.1, "rejected": 0, "lr": 0.001},
         "rng": torch.get_rng_state(), "created": time.time(),
     }, path)
-    return count_params(model)
+    return numel(model)
 
 
 def run(*args, module: bool = False):

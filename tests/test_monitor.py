@@ -9,7 +9,8 @@ import torch
 from a3c.checkpoint import FORMAT, save_checkpoint
 from a3c.config import load_config
 from a3c.evaluate import mask_shares, policy_collapse, score_batch
-from a3c.model import build_model, count_params
+from a3c.model import build_model
+from a3c.params import numel
 from workers.monitor import watch
 from workers.shared import SharedState
 
@@ -50,7 +51,7 @@ def collapsed_checkpoint(path, updates: int) -> None:
     last = [m for m in model.policy.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     torch.nn.init.zeros_(last.weight)
     torch.nn.init.zeros_(last.bias)
-    save_checkpoint({"format": FORMAT, "config": cfg.to_dict(), "image_channels": 1, "params": count_params(model),
+    save_checkpoint({"format": FORMAT, "config": cfg.to_dict(), "image_channels": 1, "params": numel(model),
                      "model": model.state_dict(), "counters": {"updates": updates, "epoch": 0.5}}, path)
 
 

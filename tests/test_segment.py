@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from a3c.checkpoint import FORMAT, save_checkpoint
 from a3c.config import load_config
-from a3c.model import build_model, count_params
+from a3c.model import build_model
+from a3c.params import numel
 from a3c.rollout import greedy_episode
 from datasets.writer import normalise_case, resize_slices
 from tools import segment as seg
@@ -37,7 +38,7 @@ def make_checkpoint(path: Path, channels: int = 1, preprocess: dict | None = PRE
         for p in model.parameters():
             p.normal_(0.0, 0.2)
     obj = {"format": FORMAT, "config": cfg.to_dict(), "image_channels": channels, "image_size": [32, 32],
-           "params": count_params(model), "model": model.state_dict(),
+           "params": numel(model), "model": model.state_dict(),
            "optimizer": torch.optim.Adam(model.parameters()).state_dict(),
            "counters": {"updates": 0, "images": 0, "epoch": 0.0, "rejected": 0, "lr": 0.001},
            "rng": torch.get_rng_state(), "created": time.time()}

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from a3c.checkpoint import FORMAT, save_checkpoint
+from a3c.checkpoint import TrainedOn, pixeldrl_checkpoint, save_checkpoint
 from a3c.config import config_from_dict
 from a3c.learner import Learner
-from a3c.model import build_model, count_params
+from a3c.model import build_model
 from a3c.params import numel
 from workers.shared import SharedState
 
@@ -91,7 +91,7 @@ class ParamServer:
                  device: torch.device, resume: dict | None, preprocess: dict, make_theta,
                  before_write=None, after_write=None):
         self.logger, self.cfg = logger, config_from_dict(cfg_dict)
-        self.image_channels, self.image_size, self.preprocess = image_channels, list(image_size), preprocess
+        self.trained_on = TrainedOn(image_channels, list(image_size), preprocess)
         self.run = Path(run_dir)
         self.before_write, self.after_write = before_write, after_write
         torch.manual_seed(self.cfg.train.seed)
@@ -133,11 +133,8 @@ class ParamServer:
             self.logger.warning("checkpoint (%s) skipped at update %d: the parameters are not finite",
                                 reason, self.learner.updates)
             return
-        obj = {"format": FORMAT, "config": self.cfg.to_dict(), "image_channels": self.image_channels,
-               "image_size": self.image_size, "params": count_params(self.model),
-               "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-               "optimizer": self.learner.optimizer.state_dict(), "counters": self.learner.counters(),
-               "rng": torch.get_rng_state(), "preprocess": self.preprocess, "created": time.time()}
+        obj = pixeldrl_checkpoint(self.model, self.cfg.to_dict(), self.trained_on,
+                                  self.learner.optimizer.state_dict(), self.learner.counters())
         save_checkpoint(obj, self.run / "checkpoints" / "latest.pt")
         self.logger.info("checkpoint (%s) at update %d", reason, self.learner.updates)
 
