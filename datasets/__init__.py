@@ -2,6 +2,7 @@
 
 - ``datasets.store``   -- ``SliceStore`` (read-only, process-safe reader), ``StoreError``, the schema
 - ``datasets.writer``  -- ``StoreWriter`` (atomic writes, per-case normalisation, seeded splits/folds)
+- ``datasets.normalise`` -- the ``normalisation`` attribute's name, formatted and parsed back
 - ``datasets.convert`` -- ``python -m datasets.convert {lgg,msd-heart,hecktor,nifti-pairs} ...``
 - ``datasets.synth``   -- ``python -m datasets.synth`` / ``make_synthetic_store(...)``
 - ``datasets.inspect`` -- ``python -m datasets.inspect FILE.h5 [--json]``

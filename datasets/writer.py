@@ -42,18 +42,8 @@ import numpy as np
 
 from a3c.fileio import make_temp, special_kind
 
+from .normalise import DEFAULT_PERCENTILES, normalisation_name
 from .store import N_FOLDS, SCHEMA_VERSION, SUBSET_SIZES
-
-DEFAULT_PERCENTILES = (0.5, 99.5)
-
-
-def normalisation_name(percentiles=DEFAULT_PERCENTILES) -> str:
-    """The ``normalisation`` attribute for the given clip percentiles."""
-    lo, hi = percentiles
-    return f"percentile_{lo:g}_{hi:g}_nonzero_per_case_channel_to_0_1"
-
-
-NORMALISATION = normalisation_name()
 
 _STREAM_SPLIT, _STREAM_SUBSET, _STREAM_FOLD = 1, 2, 3
 
@@ -414,7 +404,7 @@ class StoreWriter:
             "schema_version": SCHEMA_VERSION,
             "seed": self.seed,
             "split": "/".join(f"{x:g}" for x in self.split),
-            "normalisation": normalisation_name(self.percentiles) if self.normalise else "none",
+            "normalisation": normalisation_name(self.percentiles if self.normalise else None),
             "keep_negatives": bool(self.keep_negatives),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "n_cases_read": self.n_cases_in,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from datasets.normalise import DEFAULT_NORMALISATION, normalisation_name, parse_normalisation
 from datasets.store import SliceStore
 from datasets.writer import (
-    NORMALISATION,
     ConvertError,
     StoreWriter,
     allocate_counts,
@@ -114,7 +114,7 @@ def test_writer_roundtrip_and_negatives(tmp_path):
             im, m = _case()
             assert w.add_case(f"c{c}", im, m, [10, 11, 12], (1.0, 2.0)) == 2  # slice 11 is negative
     s = SliceStore(out)
-    assert s.n == 8 and s.attrs["normalisation"] == NORMALISATION and s.attrs["seed"] == 5
+    assert s.n == 8 and s.attrs["normalisation"] == DEFAULT_NORMALISATION and s.attrs["seed"] == 5
     assert s.meta(1) == {"case": "c0", "slice": 12, "spacing": (1.0, 2.0)}
     assert [p.name for p in tmp_path.iterdir()] == ["a.h5"]
 
@@ -163,3 +163,17 @@ def test_writer_rejects_shape_change_and_duplicates(tmp_path):
             im[0, 0, 0, 0] = np.inf
             w.add_case("c0", im, m, [0, 1, 2])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("percentiles", [(0.5, 99.5), (0, 100), (1, 99), (0.25, 99.75), (2.5, 97.5), None])
+def test_normalisation_name_round_trip(percentiles):
+    assert parse_normalisation(normalisation_name(percentiles)) == (None if percentiles is None else
+                                                                    tuple(float(p) for p in percentiles))
+
+
+@pytest.mark.parametrize("name", ["zscore_per_slice", "percentile_99_1_nonzero_per_case_channel_to_0_1",
+                                  "percentile_0.5_99.5_nonzero_per_case_channel", "percentile_x_1_nonzero_per_case_"
+                                  "channel_to_0_1", "percentile_0_101_nonzero_per_case_channel_to_0_1"])
+def test_unknown_normalisation_names(name):
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        parse_normalisation(name)

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,11 +63,10 @@ from a3c.fileio import (
     special_kind,
     write_bytes_atomic,
 )
+from datasets.normalise import DEFAULT_NORMALISATION, parse_normalisation
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
-DEFAULT_NORMALISATION = "percentile_0.5_99.5_nonzero_per_case_channel_to_0_1"
-_NORM_RE = re.compile(r"percentile_(?P<lo>[0-9.eE+-]+)_(?P<hi>[0-9.eE+-]+)_nonzero_per_case_channel_to_0_1")
 
 
 class InputError(Exception):
@@ -87,22 +85,6 @@ class Preprocess:
     store_hw: tuple[int, int] | None = None  # (H, W) of the training store's slices
     converter: str = ""
     channel_names: list[str] = field(default_factory=list)
-
-
-def parse_normalisation(name: str) -> tuple[float, float] | None:
-    """``percentile_<lo>_<hi>_nonzero_per_case_channel_to_0_1`` -> (lo, hi); ``none`` -> None."""
-    if name == "none":
-        return None
-    m = _NORM_RE.fullmatch(str(name))
-    if m:
-        try:
-            lo, hi = float(m.group("lo")), float(m.group("hi"))
-        except ValueError:
-            lo, hi = -1.0, -1.0
-        if 0 <= lo < hi <= 100:
-            return lo, hi
-    raise ValueError(f"unknown normalisation {name!r} (this tool knows "
-                     f"percentile_<low>_<high>_nonzero_per_case_channel_to_0_1 and none)")
 
 
 def _hw(value) -> tuple[int, int] | None:
