@@ -65,7 +65,7 @@ import csv
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -609,99 +609,122 @@ def resize_case(data: CaseData, size: tuple[int, int] | None) -> CaseData:
     return data
 
 
-def convert(
-    kind: str,
-    src: str | Path,
-    out: str | Path,
-    *,
-    split: str | Sequence[float] = "70/10/20",
-    seed: int = 0,
-    keep_negatives: bool = False,
-    overwrite: bool = False,
-    channels: str | list[int] | None = None,
-    size: str | tuple[int, int] | None = None,
-    label: float | None = None,
-    images: str | None = None,
-    labels: str | None = None,
-    pair_by: str = "key",
-    allow_affine_mismatch: bool = False,
-    bbox: str | Path | None = None,
-    resample: float = 1.0,
-    compression: str | None = None,
-    percentiles: Sequence[float] = (0.5, 99.5),
-    progress: bool | None = None,
-    arguments: dict | None = None,
-) -> dict:
+@dataclass
+class ConvertOptions:
+    """One conversion's settings; ``dataclasses.asdict()`` of it is the store's ``arguments``
+    attribute (JSON).
+
+    Text as the command line gives it is parsed on construction (one-line ValueError when bad):
+    ``split`` "70/10/20" (kept as that text, each percentage in ``%g``), ``channels`` "0,2" ->
+    [0, 2], ``size`` "256" or "160x192" -> (H, W), ``percentiles`` "0.5,99.5" -> (lo, hi),
+    ``compression`` "none" -> None.
+    An unknown ``kind`` is a ConvertError naming ``src``.
+    """
+
+    kind: str
+    src: str
+    out: str
+    split: str = "70/10/20"
+    seed: int = 0
+    keep_negatives: bool = False
+    channels: list[int] | None = None
+    size: tuple[int, int] | None = None
+    label: float | None = None
+    images: str | None = None
+    labels: str | None = None
+    pair_by: str = "key"
+    bbox: str | None = None
+    allow_affine_mismatch: bool = False
+    resample: float = 1.0
+    compression: str | None = None
+    percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConvertError(f"{self.src}: unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        self.src, self.out = str(Path(self.src)), str(Path(self.out))
+        ratios = parse_split(self.split) if isinstance(self.split, str) else tuple(float(x) for x in self.split)
+        self._ratios = ratios  # not a field: asdict() records the text
+        self.split = "/".join(f"{r:g}" for r in ratios)
+        if isinstance(self.channels, (str, type(None))):
+            self.channels = parse_channels(self.channels)
+        else:
+            self.channels = [int(c) for c in self.channels]
+        self.size = parse_size(self.size) if isinstance(self.size, (str, type(None))) else tuple(self.size)
+        if isinstance(self.percentiles, str):
+            self.percentiles = parse_percentiles(self.percentiles)
+        else:
+            self.percentiles = tuple(float(p) for p in self.percentiles)
+        self.seed = check_seed(self.seed)
+        self.bbox = str(self.bbox) if self.bbox else None
+        self.compression = None if self.compression in (None, "none") else self.compression
+
+    @property
+    def ratios(self) -> tuple[float, float, float]:
+        """The train/val/test percentages of ``split``, as given."""
+        return self._ratios
+
+
+def convert(kind: str, src: str | Path, out: str | Path, *, overwrite: bool = False, progress: bool | None = None,
+            **settings) -> dict:
     """Convert ``src`` (layout ``kind``) into the store ``out``; returns a summary dict.
 
+    ``settings`` are ``ConvertOptions``' other fields (e.g. ``split="70/10/20"``, ``channels=[1]``);
+    ``overwrite`` replaces an existing regular file; ``progress`` None: a bar on a terminal only.
     Raises ConvertError (one line naming the file) on bad input; ``out`` is then left absent.
     """
+    return convert_options(ConvertOptions(kind, src, out, **settings), overwrite=overwrite, progress=progress)
+
+
+def _layout(opts: ConvertOptions) -> tuple[list[CaseSource], Callable[[CaseSource], CaseData], dict]:
+    """The cases of ``opts.src``, the loader of one case, and the kind's extra store attributes."""
+    src, extra = Path(opts.src), {}
+    if opts.kind == "lgg":
+        names = [LGG_CHANNELS[c] if c < 3 else str(c) for c in (opts.channels or [0, 1, 2])]
+        return discover_lgg(src), load_lgg, {"channel_names": json.dumps(names)}
+    if opts.kind in ("msd-heart", "nifti-pairs"):
+        if opts.kind == "msd-heart":
+            cases = discover_msd(src)
+            info = read_dataset_json(src)
+            if info is not None:
+                extra["dataset_json"] = json.dumps(info)
+        else:
+            if opts.pair_by not in ("key", "order"):
+                raise ValueError("--pair-by must be key or order")
+            cases = discover_pairs(src, opts.images or "", opts.labels or "", opts.pair_by)
+        return cases, lambda c: load_nifti_case(c, opts.label, opts.allow_affine_mismatch), extra
+    cases = discover_hecktor(src)
+    boxes = read_bbox_csv(Path(opts.bbox)) if opts.bbox else None
+    if boxes is not None:
+        if not (opts.resample > 0 and np.isfinite(opts.resample)):
+            raise ValueError("--resample must be a positive number of mm")
+        missing = [c.case_id for c in cases if c.case_id not in boxes]
+        if missing:
+            raise ConvertError(f"{opts.bbox}: no row for patient(s) {', '.join(missing[:5])}")
+        extra["resampled_spacing_mm"] = float(opts.resample)
+    extra["modality"] = "PET"
+    return cases, lambda c: load_hecktor(c, boxes, opts.resample, opts.label), extra
+
+
+def convert_options(opts: ConvertOptions, *, overwrite: bool = False, progress: bool | None = None) -> dict:
+    """``convert`` with its settings as one ``ConvertOptions``; returns the summary dict."""
     from tqdm import tqdm
 
-    if kind not in KINDS:
-        raise ConvertError(f"{src}: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
-    src, out = Path(src), Path(out)
-    ratios = parse_split(split) if isinstance(split, str) else tuple(float(x) for x in split)
-    chans = parse_channels(channels) if isinstance(channels, (str, type(None))) else list(channels)
-    size_hw = parse_size(size) if isinstance(size, (str, type(None))) else tuple(size)
-    check_seed(seed)
+    out = Path(opts.out)
     check_output(out, overwrite)
-
-    extra: dict = {}
-    if kind == "lgg":
-        cases = discover_lgg(src)
-        load: Callable[[CaseSource], CaseData] = load_lgg
-        extra["channel_names"] = json.dumps([LGG_CHANNELS[c] if c < 3 else str(c) for c in (chans or [0, 1, 2])])
-    elif kind == "msd-heart":
-        cases = discover_msd(src)
-        info = read_dataset_json(src)
-        if info is not None:
-            extra["dataset_json"] = json.dumps(info)
-        load = lambda c: load_nifti_case(c, label, allow_affine_mismatch)  # noqa: E731
-    elif kind == "nifti-pairs":
-        if pair_by not in ("key", "order"):
-            raise ValueError("--pair-by must be key or order")
-        cases = discover_pairs(src, images or "", labels or "", pair_by)
-        load = lambda c: load_nifti_case(c, label, allow_affine_mismatch)  # noqa: E731
-    else:
-        cases = discover_hecktor(src)
-        boxes = read_bbox_csv(Path(bbox)) if bbox else None
-        if boxes is not None:
-            if not (resample > 0 and np.isfinite(resample)):
-                raise ValueError("--resample must be a positive number of mm")
-            missing = [c.case_id for c in cases if c.case_id not in boxes]
-            if missing:
-                raise ConvertError(f"{bbox}: no row for patient(s) {', '.join(missing[:5])}")
-            extra["resampled_spacing_mm"] = float(resample)
-        extra["modality"] = "PET"
-        load = lambda c: load_hecktor(c, boxes, resample, label)  # noqa: E731
-
-    attrs = {
-        "source": str(src.resolve()),
-        "converter": f"datasets.convert {kind}",
-        "kind": kind,
-        "arguments": json.dumps(arguments if arguments is not None else {
-            "kind": kind, "src": str(src), "out": str(out), "split": "/".join(f"{r:g}" for r in ratios),
-            "seed": seed, "keep_negatives": keep_negatives, "channels": chans, "size": size_hw, "label": label,
-            "images": images, "labels": labels, "pair_by": pair_by, "bbox": str(bbox) if bbox else None,
-            "allow_affine_mismatch": allow_affine_mismatch,
-            "resample": resample, "compression": compression, "percentiles": list(percentiles),
-        }),
-        **extra,
-    }
-    kept_per_case: dict[str, int] = {}
-    with StoreWriter(out, split=ratios, seed=seed, attrs=attrs, overwrite=overwrite,
-                     keep_negatives=keep_negatives, compression=compression, percentiles=percentiles,
-                     source=str(src)) as writer:
-        bar = tqdm(cases, desc=f"convert {kind}", unit="case", disable=None if progress is None else not progress,
+    cases, load, extra = _layout(opts)
+    attrs = {"source": str(Path(opts.src).resolve()), "converter": f"datasets.convert {opts.kind}", "kind": opts.kind,
+             "arguments": json.dumps(asdict(opts)), **extra}
+    with StoreWriter(out, split=opts.ratios, seed=opts.seed, attrs=attrs, overwrite=overwrite,
+                     keep_negatives=opts.keep_negatives, compression=opts.compression,
+                     percentiles=opts.percentiles, source=opts.src) as writer:
+        bar = tqdm(cases, desc=f"convert {opts.kind}", unit="case", disable=None if progress is None else not progress,
                    file=sys.stderr)
         with bar:
             for case in bar:
-                data = load(case)
-                data = select_channels(data, chans)
-                data = resize_case(data, size_hw)
-                kept_per_case[case.case_id] = writer.add_case(
-                    case.case_id, data.images, data.masks, data.slice_index, data.spacing, source=data.source)
+                data = resize_case(select_channels(load(case), opts.channels), opts.size)
+                writer.add_case(case.case_id, data.images, data.masks, data.slice_index, data.spacing,
+                                source=data.source)
     return summarize(out)
 
 
@@ -768,39 +791,36 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def options_from_args(args: argparse.Namespace) -> ConvertOptions:
+    """The parsed command line -> ConvertOptions (ValueError, one line, on a bad value)."""
+    if getattr(args, "resample", 1.0) <= 0:
+        raise ValueError("--resample must be a positive number of mm")
+    return ConvertOptions(
+        args.kind, args.src, args.out, split=args.split, seed=args.seed, keep_negatives=args.keep_negatives,
+        channels=args.channels, size=args.size, label=args.label, images=getattr(args, "images", None),
+        labels=getattr(args, "labels", None), pair_by=getattr(args, "pair_by", "key"),
+        bbox=getattr(args, "bbox", None), allow_affine_mismatch=getattr(args, "allow_affine_mismatch", False),
+        resample=getattr(args, "resample", 1.0), compression=args.compression, percentiles=args.percentiles)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    arguments = {k: v for k, v in vars(args).items()}
     try:
-        ratios = parse_split(args.split)
-        chans = parse_channels(args.channels)
-        size_hw = parse_size(args.size)
-        percentiles = parse_percentiles(args.percentiles)
-        check_seed(args.seed)
-        if getattr(args, "resample", 1.0) <= 0:
-            raise ValueError("--resample must be a positive number of mm")
+        opts = options_from_args(args)
     except ValueError as exc:  # checked before any input is read: one line, exit 2
         print(f"datasets.convert: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     try:
         with sigterm_as_interrupt():
-            summary = convert(
-                args.kind, args.src, args.out, split=ratios, seed=args.seed, keep_negatives=args.keep_negatives,
-                overwrite=args.overwrite, channels=chans, size=size_hw, label=args.label,
-                images=getattr(args, "images", None), labels=getattr(args, "labels", None),
-                pair_by=getattr(args, "pair_by", "key"), bbox=getattr(args, "bbox", None),
-                allow_affine_mismatch=getattr(args, "allow_affine_mismatch", False),
-                resample=getattr(args, "resample", 1.0), compression=args.compression,
-                percentiles=percentiles, progress=False if args.quiet else None, arguments=arguments,
-            )
+            summary = convert_options(opts, overwrite=args.overwrite, progress=False if args.quiet else None)
     except (ConvertError, OSError) as exc:
         print(f"datasets.convert: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print("datasets.convert: interrupted; no output written", file=sys.stderr)
         return interrupt_status(exc)
-    warning = empty_split_warning(summary, ratios)
+    warning = empty_split_warning(summary, opts.ratios)
     if warning:
         print(f"datasets.convert: warning: {warning}", file=sys.stderr)
     if not args.quiet:

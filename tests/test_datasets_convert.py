@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import nibabel as nib
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from datasets.convert import bbox_grid, convert, discover_pairs
+from datasets.convert import ConvertOptions, bbox_grid, convert, discover_pairs, main
 from datasets.store import SliceStore
 from datasets.writer import ConvertError
 
@@ -259,6 +260,27 @@ def test_seed_changes_split_but_is_reproducible(tmp_path):
     assert all(sa.cases(x) == sb.cases(x) for x in ("train", "val", "test", "fold0/test"))
     assert any(sa.cases(x) != sc.cases(x) for x in ("train", "val", "test"))
     assert np.array_equal(sa.read(np.arange(sa.n))[0], sb.read(np.arange(sb.n))[0])
+
+
+
+def test_arguments_attribute_is_the_options(tmp_path):
+    """The store's ``arguments`` are ``asdict(ConvertOptions)``, the same from the API and the CLI."""
+    write_lgg(tmp_path / "src", cases=("TCGA_A", "TCGA_B"), slices=4, size=16)
+    api, cli = tmp_path / "api.h5", tmp_path / "cli.h5"
+    convert("lgg", tmp_path / "src", api, split=(50, 0, 50), channels=[1], size=(8, 8), percentiles=(1, 99),
+            progress=False)
+    assert main(["lgg", str(tmp_path / "src"), "--out", str(cli), "--split", "50/0/50", "--channels", "1",
+                 "--size", "8", "--percentiles", "1,99", "--quiet"]) == 0
+    opts = ConvertOptions("lgg", str(tmp_path / "src"), str(cli), split="50/0/50", channels="1", size="8x8",
+                          percentiles="1,99")
+    recorded = [json.loads(SliceStore(p).attrs["arguments"]) for p in (api, cli)]
+    assert recorded[1] == json.loads(json.dumps(asdict(opts)))
+    assert {**recorded[0], "out": str(cli)} == recorded[1]
+    assert recorded[1]["split"] == "50/0/50" and recorded[1]["size"] == [8, 8] and recorded[1]["channels"] == [1]
+    with pytest.raises(ConvertError, match="unknown kind"):
+        ConvertOptions("mri", "src", "out")
+    with pytest.raises(ValueError, match="--split"):
+        ConvertOptions("lgg", "src", "out", split="70/10")
 
 
 # ============================================================================ CLI and bad input
