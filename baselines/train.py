@@ -7,7 +7,8 @@
         [--train-split train] [--val-split val] [--test-split test] [--width W]
         [--val-every N] [--threads N] [--no-progress]
 
-or ``train_baseline(name, store_path, out_dir, ...)`` from Python (returns the test-metrics dict).
+or ``train_baseline(name, store_path, out_dir, ...)`` (``train_options(BaselineOptions(...))``) from
+Python (returns the test-metrics dict).
 
 Training: Adam (constant learning rate), loss ``monai.losses.DiceCELoss(sigmoid=True)`` (soft Dice
 on sigmoid probabilities, per image, plus binary cross-entropy on the logits, weights 1 and 1).
@@ -38,7 +39,7 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -63,8 +64,8 @@ from a3c.metrics import METRIC_KEYS, aggregate_metrics
 from a3c.params import numel
 from baselines.models import BASELINES, WIDTHS, BaselineNet, build_baseline, parse_width
 
-__all__ = ["BaselineError", "DEFAULT_EPOCHS", "evaluate_baseline", "model_from_baseline_checkpoint",
-           "train_baseline", "main"]
+__all__ = ["BaselineError", "BaselineOptions", "DEFAULT_EPOCHS", "evaluate_baseline", "model_from_baseline_checkpoint",
+           "train_baseline", "train_options", "main"]
 
 DEFAULT_EPOCHS = 50
 THRESHOLD = 0.5
@@ -133,98 +134,116 @@ def model_from_baseline_checkpoint(ckpt: dict | str | Path,
 
 # ------------------------------------------------------------------------------ training
 @dataclass
-class _Run:
-    """Validated settings of one training run."""
+class BaselineOptions:
+    """One baseline training run, as given; ``dataclasses.asdict()`` of it is the ``command``
+    recorded in ``test_metrics.json``.
+
+    Schedule: ``max_updates`` updates if given, else ``epochs`` (default ``DEFAULT_EPOCHS``) times
+    ``ceil(n_train / batch)``. ``val_every`` 0 = once per epoch. ``val_split`` None/"none" = no
+    validation (the final model is kept). ``width``: a number or a name of ``WIDTHS``. ``threads``
+    > 0 sets torch's intra-op threads for the run (restored afterwards; default 1, as PixelDRL-MG's
+    workers); 0 keeps torch's default.
+    """
 
     name: str
-    width: float
+    store_path: str
+    out_dir: str
+    epochs: float | None = None
+    max_updates: int | None = None
+    batch: int = 8
+    lr: float = 1e-3
+    image_size: int = 0
+    device: str = "auto"
+    seed: int = 0
+    train_split: str = "train"
+    val_split: str | None = "val"
+    test_split: str = "test"
+    width: float | str = 1.0
+    val_every: int = 0
+    threads: int = 1
+    augment: str = "none"
+
+    def __post_init__(self) -> None:
+        self.store_path, self.out_dir = str(self.store_path), str(self.out_dir)
+
+    def checked(self) -> "BaselineOptions":
+        """A copy with numbers as numbers, ``width`` a float and ``val_split`` None for no
+        validation; BaselineError (one line) on a bad value. Reads no file."""
+        if self.name not in BASELINES:
+            raise BaselineError(f"unknown model {self.name!r}; known: {', '.join(BASELINES)}")
+        if self.augment not in AUGMENT_MODES:
+            raise BaselineError(f"unknown augmentation {self.augment!r}; known: {', '.join(AUGMENT_MODES)}")
+        try:
+            width = parse_width(self.width)
+        except ValueError as exc:
+            raise BaselineError(str(exc)) from None
+        epochs, max_updates = self.epochs, self.max_updates
+        if epochs is not None and max_updates is not None:
+            raise BaselineError("give epochs or max_updates, not both")
+        if max_updates is not None and int(max_updates) < 1:
+            raise BaselineError(f"max_updates must be >= 1, got {max_updates}")
+        if epochs is not None and not float(epochs) > 0:
+            raise BaselineError(f"epochs must be > 0, got {epochs}")
+        numbers = (self.batch, self.lr, self.image_size, self.val_every, self.threads)
+        if int(self.batch) < 1 or not float(self.lr) > 0 or min(int(n) for n in numbers[2:]) < 0:
+            raise BaselineError(f"need batch >= 1, lr > 0, image_size >= 0, val_every >= 0, threads >= 0 "
+                                f"(got {', '.join(str(n) for n in numbers)})")
+        val_split = self.val_split
+        if val_split is not None and val_split.strip().lower() in NO_SPLIT:
+            val_split = None
+        return replace(self, epochs=None if epochs is None else float(epochs),
+                       max_updates=None if max_updates is None else int(max_updates), batch=int(self.batch),
+                       lr=float(self.lr), image_size=int(self.image_size), seed=int(self.seed), val_split=val_split,
+                       width=width, val_every=int(self.val_every), threads=int(self.threads))
+
+
+@dataclass
+class _Run:
+    """One run under way: its checked options, the open store and its split sizes."""
+
+    opts: BaselineOptions
     store: "object"          # datasets.store.SliceStore (not imported at module level)
-    out: Path
     device: torch.device
-    train_split: str
-    val_split: str | None
-    test_split: str
-    n_train: int
-    n_val: int
-    n_test: int
-    epochs: float | None
-    max_updates: int | None
-    batch: int
-    lr: float
-    image_size: int
-    seed: int
-    val_every: int
-    augment: str
+    sizes: tuple[int, int, int]  # slices in the train, val and test splits
     progress: bool
     command: dict
 
 
-def train_baseline(name: str, store_path: str | Path, out_dir: str | Path, *, epochs: float | None = None,
-                   max_updates: int | None = None, batch: int = 8, lr: float = 1e-3, image_size: int = 0,
-                   device: str = "auto", seed: int = 0, train_split: str = "train", val_split: str | None = "val",
-                   test_split: str = "test", width: float | str = 1.0, val_every: int = 0,
-                   threads: int = 1, augment: str = "none", progress: bool = True, command: dict | None = None,
-                   log: Callable[[str], None] | None = None) -> dict:
+def train_baseline(name: str, store_path: str | Path, out_dir: str | Path, *, progress: bool = True,
+                   log: Callable[[str], None] | None = None, **settings) -> dict:
     """Train baseline ``name`` on ``store_path``, keep the best by val Dice in ``out_dir/best.pt``,
     evaluate it on ``test_split``, write ``out_dir/test_metrics.json`` and return that dict.
 
-    Schedule: ``max_updates`` updates if given, else ``epochs`` (default ``DEFAULT_EPOCHS``) times
-    ``ceil(n_train / batch)``. ``val_every`` 0 = once per epoch. ``val_split`` None/"none" = no
-    validation (the final model is kept). ``threads`` > 0 sets torch's intra-op threads for the
-    call (restored afterwards; default 1, as PixelDRL-MG's workers); 0 keeps torch's default.
+    ``settings`` are ``BaselineOptions``' other fields (``max_updates=``, ``batch=``, ...);
     ``log`` receives the summary lines (the CLI passes ``print``). Raises ``BaselineError`` or
     ``datasets.store.StoreError`` (one-line messages) on bad input, before any training.
     """
+    return train_options(BaselineOptions(name, store_path, out_dir, **settings), progress=progress, log=log)
+
+
+def train_options(options: BaselineOptions, *, progress: bool = True,
+                  log: Callable[[str], None] | None = None) -> dict:
+    """``train_baseline`` with its settings as one ``BaselineOptions``."""
     from datasets.store import SliceStore
 
     t_start = time.perf_counter()
-    if command is None:
-        command = {"api": "train_baseline", "name": name, "store_path": str(store_path), "out_dir": str(out_dir),
-                   "epochs": epochs, "max_updates": max_updates, "batch": batch, "lr": lr,
-                   "image_size": image_size, "device": device, "seed": seed, "train_split": train_split,
-                   "val_split": val_split, "test_split": test_split, "width": width, "val_every": val_every,
-                   "threads": threads, "augment": augment}
-
-    # ---------------------------------------------------------------- validate everything first
-    if name not in BASELINES:
-        raise BaselineError(f"unknown model {name!r}; known: {', '.join(BASELINES)}")
-    if augment not in AUGMENT_MODES:
-        raise BaselineError(f"unknown augmentation {augment!r}; known: {', '.join(AUGMENT_MODES)}")
-    try:
-        w = parse_width(width)
-    except ValueError as exc:
-        raise BaselineError(str(exc)) from None
-    if epochs is not None and max_updates is not None:
-        raise BaselineError("give epochs or max_updates, not both")
-    if max_updates is not None and int(max_updates) < 1:
-        raise BaselineError(f"max_updates must be >= 1, got {max_updates}")
-    if epochs is not None and not float(epochs) > 0:
-        raise BaselineError(f"epochs must be > 0, got {epochs}")
-    if int(batch) < 1 or not float(lr) > 0 or int(image_size) < 0 or int(val_every) < 0 or int(threads) < 0:
-        raise BaselineError(f"need batch >= 1, lr > 0, image_size >= 0, val_every >= 0, threads >= 0 "
-                            f"(got {batch}, {lr}, {image_size}, {val_every}, {threads})")
-    dev = resolve_device(device)
-    if val_split is not None and val_split.strip().lower() in NO_SPLIT:
-        val_split = None
-    store = SliceStore(store_path)
+    o = options.checked()
+    dev = resolve_device(o.device)
+    store = SliceStore(o.store_path)
     old_threads = torch.get_num_threads()
     try:
-        n_train = int(store.indices(train_split).size)
-        n_val = int(store.indices(val_split).size) if val_split else 0
-        n_test = int(store.indices(test_split).size)
-        out = Path(out_dir)
+        sizes = (int(store.indices(o.train_split).size), int(store.indices(o.val_split).size) if o.val_split else 0,
+                 int(store.indices(o.test_split).size))
+        out = Path(o.out_dir)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BaselineError(f"{out}: cannot create the output folder ({exc.strerror or one_line(exc)})") from None
         if not out.is_dir():
             raise BaselineError(f"{out}: not a folder")
-        if threads:
-            torch.set_num_threads(int(threads))
-        run = _Run(name, w, store, out, dev, train_split, val_split, test_split, n_train, n_val, n_test,
-                   None if epochs is None else float(epochs), None if max_updates is None else int(max_updates),
-                   int(batch), float(lr), int(image_size), int(seed), int(val_every), augment, bool(progress),
-                   command)
+        if o.threads:
+            torch.set_num_threads(o.threads)
+        run = _Run(o, store, dev, sizes, bool(progress), asdict(options))
         return _train(run, log or (lambda line: None), t_start)
     finally:
         store.close()
@@ -235,48 +254,49 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
     from monai.losses import DiceCELoss
     from tqdm import tqdm
 
-    store, dev = r.store, r.device
+    o, store, dev, out = r.opts, r.store, r.device, Path(r.opts.out_dir)
+    n_train, n_val, n_test = r.sizes
     channels, h0, w0 = store.image_shape
-    used_hw = (r.image_size, r.image_size) if r.image_size else (h0, w0)
-    torch.manual_seed(r.seed)
-    rng = np.random.default_rng(r.seed)
-    model = build_baseline(r.name, channels, used_hw, width=r.width).to(dev)
+    used_hw = (o.image_size, o.image_size) if o.image_size else (h0, w0)
+    torch.manual_seed(o.seed)
+    rng = np.random.default_rng(o.seed)
+    model = build_baseline(o.name, channels, used_hw, width=o.width).to(dev)
     params = numel(model)
     loss_fn = DiceCELoss(sigmoid=True)
-    opt = torch.optim.Adam(model.parameters(), lr=r.lr)
-    per_epoch = math.ceil(r.n_train / r.batch)
-    if r.max_updates is not None:
-        total = r.max_updates
+    opt = torch.optim.Adam(model.parameters(), lr=o.lr)
+    per_epoch = math.ceil(n_train / o.batch)
+    if o.max_updates is not None:
+        total = o.max_updates
     else:
-        total = max(1, int(round((r.epochs or DEFAULT_EPOCHS) * per_epoch)))
-    every = r.val_every or per_epoch
-    eval_batch = max(r.batch, 16)
-    ckpt_path = r.out / "best.pt"
-    say(f"{r.name} (width {r.width:g}, {params:,d} parameters, {channels}-channel {used_hw[0]}x{used_hw[1]} "
-        f"input) on {store.path}: {r.n_train} train slices ({r.train_split}), {r.n_val} val "
-        f"({r.val_split or 'none'}), {r.n_test} test ({r.test_split}); {total} updates of batch {r.batch} "
-        f"({total / per_epoch:.2f} epochs), lr {r.lr:g}, device {dev}, {torch.get_num_threads()} thread(s)")
+        total = max(1, int(round((o.epochs or DEFAULT_EPOCHS) * per_epoch)))
+    every = o.val_every or per_epoch
+    eval_batch = max(o.batch, 16)
+    ckpt_path = out / "best.pt"
+    say(f"{o.name} (width {o.width:g}, {params:,d} parameters, {channels}-channel {used_hw[0]}x{used_hw[1]} "
+        f"input) on {store.path}: {n_train} train slices ({o.train_split}), {n_val} val "
+        f"({o.val_split or 'none'}), {n_test} test ({o.test_split}); {total} updates of batch {o.batch} "
+        f"({total / per_epoch:.2f} epochs), lr {o.lr:g}, device {dev}, {torch.get_num_threads()} thread(s)")
 
     trained_on = TrainedOn(channels, list(used_hw), {k: store.attrs.get(k) for k in ("normalisation", "converter")}
                            | {"image_shape": [int(s) for s in store.image_shape]})
 
     def checkpoint(updates: int, val_dice: float | None) -> dict:
-        counters = {"updates": int(updates), "images": int(updates * r.batch), "epoch": float(updates / per_epoch),
-                    "lr": r.lr}
+        counters = {"updates": int(updates), "images": int(updates * o.batch), "epoch": float(updates / per_epoch),
+                    "lr": o.lr}
         return baseline_checkpoint(model, _spec(model), trained_on, counters, val_dice)
 
     history: list[dict] = []
     best, best_update = -1.0, 0
-    bar = tqdm(total=total, unit="upd", desc=f"train {r.name}", file=sys.stderr, dynamic_ncols=True,
+    bar = tqdm(total=total, unit="upd", desc=f"train {o.name}", file=sys.stderr, dynamic_ncols=True,
                disable=not r.progress)
     t_train = time.perf_counter()
     model.train()
     loss_ema = None
     try:
         for u in range(1, total + 1):
-            images, masks, _ = store.sample(r.train_split, r.batch, rng)
-            images, masks = augment_batch(images, masks, r.augment, rng)
-            x, g = prepare_batch(images, masks, dev, r.image_size)
+            images, masks, _ = store.sample(o.train_split, o.batch, rng)
+            images, masks = augment_batch(images, masks, o.augment, rng)
+            x, g = prepare_batch(images, masks, dev, o.image_size)
             loss = loss_fn(model(x), g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -284,8 +304,8 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
             lv = float(loss.detach())
             loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
             bar.update(1)
-            if r.val_split and (u % every == 0 or u == total):
-                res = evaluate_baseline(model, store.batches(r.val_split, eval_batch), dev, r.image_size,
+            if o.val_split and (u % every == 0 or u == total):
+                res = evaluate_baseline(model, store.batches(o.val_split, eval_batch), dev, o.image_size,
                                         dice_only=True)
                 model.train()
                 d = float(res.summary["dice"]["mean"])
@@ -299,7 +319,7 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
                               f"(best {best:.4f} at {best_update})", file=sys.stderr)
             elif u % 10 == 0:
                 bar.set_postfix(loss=f"{loss_ema:.3f}")
-        if not r.val_split:
+        if not o.val_split:
             best_update = total
             save_checkpoint(checkpoint(total, None), ckpt_path)
     finally:
@@ -308,10 +328,10 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
 
     # ---------------------------------------------------------------- test the best checkpoint
     model, _ = model_from_baseline_checkpoint(ckpt_path, dev)
-    tbar = tqdm(total=r.n_test, unit="slice", desc=f"test {r.test_split}", file=sys.stderr, dynamic_ncols=True,
+    tbar = tqdm(total=n_test, unit="slice", desc=f"test {o.test_split}", file=sys.stderr, dynamic_ncols=True,
                 disable=not r.progress)
     try:
-        res = evaluate_baseline(model, store.batches(r.test_split, eval_batch), dev, r.image_size,
+        res = evaluate_baseline(model, store.batches(o.test_split, eval_batch), dev, o.image_size,
                                 meta=store.meta, progress=tbar.update)
     finally:
         tbar.close()
@@ -319,25 +339,25 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
     result = {k: res.summary[k]["mean"] for k in METRIC_KEYS}
     result["std"] = {k: res.summary[k]["std"] for k in METRIC_KEYS}
     result.update({
-        "model": r.name, "width": r.width, "params": int(params), "in_channels": int(channels),
-        "image_size": list(used_hw), "n": len(res.per_image), "split": r.test_split,
-        "train_split": r.train_split, "val_split": r.val_split, "data": str(Path(store.path).resolve()),
+        "model": o.name, "width": o.width, "params": int(params), "in_channels": int(channels),
+        "image_size": list(used_hw), "n": len(res.per_image), "split": o.test_split,
+        "train_split": o.train_split, "val_split": o.val_split, "data": str(Path(store.path).resolve()),
         "checkpoint": str(ckpt_path.resolve()), "updates": total, "epochs": total / per_epoch,
-        "batch": r.batch, "lr": r.lr, "seed": r.seed, "loss": LOSS_NAME, "optimizer": "Adam (constant lr)",
-        "threshold": THRESHOLD, "augment": r.augment, "best_update": best_update,
-        "best_val_dice": best if r.val_split else None,
+        "batch": o.batch, "lr": o.lr, "seed": o.seed, "loss": LOSS_NAME, "optimizer": "Adam (constant lr)",
+        "threshold": THRESHOLD, "augment": o.augment, "best_update": best_update,
+        "best_val_dice": best if o.val_split else None,
         "val_history": history, "device": str(dev), "threads": torch.get_num_threads(),
         "train_s": train_s, "wall_s": wall, "command": r.command,
         "per_image": res.per_image,
     })
-    write_json_atomic(result, r.out / "test_metrics.json")
-    if r.val_split:
+    write_json_atomic(result, out / "test_metrics.json")
+    if o.val_split:
         say(f"best val Dice {best:.4f} at update {best_update}; {len(res.per_image)} test slices; "
             f"train {train_s:.1f} s, wall {wall:.1f} s")
     else:
         say(f"final model (no validation); {len(res.per_image)} test slices; train {train_s:.1f} s, wall {wall:.1f} s")
     say(table_row(res, int(params)))
-    say(f"wrote {r.out / 'test_metrics.json'} and {ckpt_path}")
+    say(f"wrote {out / 'test_metrics.json'} and {ckpt_path}")
     return result
 
 
@@ -384,16 +404,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from datasets.store import StoreError
 
-    raw = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(raw)
-    command = {"argv": ["python", "-m", "baselines.train", *raw], "args": vars(args)}
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    options = BaselineOptions(args.model, args.data, args.out, epochs=args.epochs, max_updates=args.max_updates,
+                              batch=args.batch, lr=args.lr, image_size=args.image_size, device=args.device,
+                              seed=args.seed, train_split=args.train_split, val_split=args.val_split,
+                              test_split=args.test_split, width=args.width, val_every=args.val_every,
+                              threads=args.threads, augment=args.augment)
     try:
-        train_baseline(args.model, args.data, args.out, epochs=args.epochs, max_updates=args.max_updates,
-                       batch=args.batch, lr=args.lr, image_size=args.image_size, device=args.device,
-                       seed=args.seed, train_split=args.train_split, val_split=args.val_split,
-                       test_split=args.test_split, width=args.width, val_every=args.val_every,
-                       threads=args.threads, augment=args.augment, progress=not args.no_progress,
-                       command=command, log=print)
+        train_options(options, progress=not args.no_progress, log=print)
     except (BaselineError, StoreError, CheckpointError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2

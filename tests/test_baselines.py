@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from a3c.evaluate import _scaled_spacing
 from a3c.metrics import METRIC_KEYS, TABLE_HEADER, aggregate_metrics, segmentation_metrics
 from a3c.params import numel
 from baselines.models import BASELINES, WIDTHS, build_baseline, parse_width
-from baselines.train import evaluate_baseline, main, model_from_baseline_checkpoint, train_baseline
+from baselines.train import BaselineOptions, evaluate_baseline, main, model_from_baseline_checkpoint, train_baseline
 from datasets.store import SliceStore
 from tests.conftest import ROOT, run_module
 
@@ -138,7 +139,7 @@ def test_cli_writes_test_metrics(trained, tiny_store):
     assert len(j["per_image"]) == n_test
     assert [h["update"] for h in j["val_history"]] == [2, 4, 5]
     assert j["best_val_dice"] == max(h["val_dice"] for h in j["val_history"])
-    assert j["wall_s"] > 0 and j["command"]["args"]["max_updates"] == 5
+    assert j["wall_s"] > 0 and j["command"]["max_updates"] == 5
     assert (trained["out"] / "best.pt").is_file()
     lines = trained["run"].stdout.splitlines()
     head = next(i for i, line in enumerate(lines) if line.split()[:6] == TABLE_HEADER.split())
@@ -170,7 +171,8 @@ def test_api_without_validation_keeps_final_model(tiny_store, tmp_path):
                          progress=False)
     assert res == json.loads((out / "test_metrics.json").read_text())
     assert res["best_val_dice"] is None and res["val_history"] == [] and res["best_update"] == 2
-    assert res["command"]["api"] == "train_baseline"
+    assert res["command"] == asdict(BaselineOptions("basic_unet", str(tiny_store), str(out), max_updates=2, batch=4,
+                                                    width="tiny", val_split="none"))
 
 
 def test_pixeldrl_tools_refuse_a_baseline_checkpoint(trained, tiny_store, capsys):
