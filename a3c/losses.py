@@ -54,9 +54,9 @@ def discounted_returns(rewards: list[Tensor], bootstrap: Tensor, gamma: float,
     return out
 
 
-def entropy_map(logits: Tensor) -> Tensor:
-    """logits [B, A, H, W] -> per-pixel entropy of softmax [B, 1, H, W] (finite for any finite logits)."""
-    logp = F.log_softmax(logits.float(), dim=1)
+def entropy_map(logp: Tensor) -> Tensor:
+    """Log-probabilities [B, A, H, W] (``log_softmax`` over A) -> per-pixel entropy [B, 1, H, W]
+    (finite for the log_softmax of any finite logits)."""
     return -(logp.exp() * logp).sum(dim=1, keepdim=True)
 
 
@@ -93,7 +93,7 @@ def step_losses(logits: Tensor, actions: Tensor, value: Tensor, ret: Tensor, wei
     adv = ret - value.float()
     w = 1.0 if weight is None else weight
     lw = w if live is None else w * live
-    ent = -(logp.exp() * logp).sum(dim=1, keepdim=True)
+    ent = entropy_map(logp)
     ce = -(lw * logp.gather(1, target.unsqueeze(1))).mean() if target is not None else logp.new_zeros(())
     return {
         "policy": -(lw * logp_a * adv.detach()).mean(),
