@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as a script (python tools/eval_ckpt.py): ma
 from a3c.cli import UsageError, non_negative_int, one_line, positive_int, resolve_device
 from a3c.fileio import TargetError, interrupt_status, probe_writable, sigterm_as_interrupt, write_json_atomic
 from a3c.metrics import METRIC_KEYS
+from tools.overlay import overlay_picture
 
 PNG_HELP = ("per slice, write <case>_<slice>_overlay.png (the input's first channel in grey, min-max "
             "scaled; the prediction filled in semi-transparent red; the ground-truth contour in green, "
@@ -71,20 +72,6 @@ def _safe(text) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
 
 
-def overlay(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """[C, H, W] image, [H, W] gt and prediction -> uint8 [H, W, 3]: grey input (first channel,
-    min-max scaled), prediction filled in red at 50 %, ground-truth contour in green on top."""
-    from a3c.metrics import surface_edges
-
-    img = image[0].astype(np.float64)
-    img = (img - img.min()) / (img.max() - img.min() + 1e-8)
-    rgb = np.repeat(img[..., None], 3, axis=2)
-    p = pred.astype(bool)
-    rgb[p] = 0.5 * rgb[p] + 0.5 * np.array([1.0, 0.0, 0.0])
-    rgb[surface_edges(gt.astype(bool))] = (0.0, 1.0, 0.0)
-    return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
-
-
 def save_pngs(examples, store, out_dir: Path) -> list[Path]:
     """Two PNGs per kept example; returns the written paths."""
     from skimage.io import imsave
@@ -96,7 +83,7 @@ def save_pngs(examples, store, out_dir: Path) -> list[Path]:
         info = store.meta(ex.index)
         stem = f"{_safe(info.get('case', ex.index))}_{_safe(info.get('slice', ex.index))}"
         over = out_dir / f"{stem}_overlay.png"
-        imsave(over, overlay(ex.image, ex.gt, ex.masks[-1]), check_contrast=False)
+        imsave(over, overlay_picture(ex.image, ex.masks[-1], contour=ex.gt), check_contrast=False)
         steps = out_dir / f"{stem}_steps.png"
         grid = np.clip(np.round(example_grid(ex) * 255.0), 0, 255).astype(np.uint8)
         imsave(steps, grid, check_contrast=False)

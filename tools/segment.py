@@ -64,6 +64,7 @@ from a3c.fileio import (
     write_bytes_atomic,
 )
 from datasets.normalise import DEFAULT_NORMALISATION, parse_normalisation
+from tools.overlay import overlay_picture
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
@@ -368,17 +369,6 @@ def segment(model, cfg, x, t_max: int, batch_size: int, out_hw: tuple[int, int],
         if progress:
             progress(xb.shape[0])
     return np.concatenate(finals), np.concatenate(steps_all)
-
-
-def overlay_picture(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """[C, H, W] image and [H, W] mask -> uint8 [H, W, 3]: first channel in grey (min-max scaled),
-    the mask filled in red at 50 %."""
-    img = image[0].astype(np.float64)
-    img = (img - img.min()) / (img.max() - img.min() + 1e-8)
-    rgb = np.repeat(img[..., None], 3, axis=2)
-    m = mask.astype(bool)
-    rgb[m] = 0.5 * rgb[m] + 0.5 * np.array([1.0, 0.0, 0.0])
-    return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
 def steps_picture(x_slice: np.ndarray, steps: np.ndarray) -> np.ndarray:
