@@ -196,47 +196,7 @@ def test_resume_on_a_store_of_other_channels_is_exit_2_and_touches_nothing(tiny_
     assert snapshot(run) == before
 
 
-# --- the parameter server: a run whose gradients are all rejected stops -------------------------
-
-
-def make_server(tmp_path):
-    import logging
-
-    from workers.param_server import ParamServer
-
-    cfg = load_config(SMOKE)
-    return ParamServer(logging.getLogger("test-server"), cfg.to_dict(), 1, [32, 32], 16, str(tmp_path),
-                       torch.device("cpu"), None, {}, lambda n: torch.zeros(n))
-
-
-def test_server_stops_after_100_non_finite_gradients_in_a_row(tmp_path):
-    from workers.param_server import MAX_REJECTED_IN_A_ROW
-
-    server = make_server(tmp_path)
-    n = server.theta.numel()
-    stats = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "reward": 0.0}
-    nan = torch.full((n,), float("nan"))
-    for _ in range(MAX_REJECTED_IN_A_ROW - 1):
-        assert server.push(0, nan, 0, 2, stats)
-    assert server.push(0, torch.zeros(n), 0, 2, stats)  # one applied gradient starts the count again
-    for _ in range(MAX_REJECTED_IN_A_ROW - 1):
-        assert server.push(0, nan, 1, 2, stats)
-    assert not server.status()["diverged"]
-    assert not server.push(0, nan, 1, 2, stats)
-    assert server.status()["diverged"] == 1.0 and server.status()["done"] == 1.0
-    assert updates_in(tmp_path / "checkpoints" / "latest.pt") == 1  # theta is finite: the final checkpoint
-    server.close()
-
-
-def test_server_keeps_the_last_finite_checkpoint(tmp_path):
-    server = make_server(tmp_path)
-    latest = tmp_path / "checkpoints" / "latest.pt"
-    server.checkpoint("first")
-    before = latest.read_bytes()
-    server.theta[0] = float("nan")
-    server.checkpoint("second")
-    assert latest.read_bytes() == before
-    server.close()
+# --- a run whose gradients are all rejected stops (the server's side: tests/test_param_server.py) -----
 
 
 def test_a_run_of_non_finite_gradients_ends_with_one_line(tiny_store, tmp_path):

@@ -333,26 +333,6 @@ def test_active_workers_resolution():
     assert active_workers(3, 8, "cuda", 1, cores=2) == 3 and active_workers(12, 8, "cpu", 1, cores=2) == 8
 
 
-def test_turns_hold_answers_back_until_a_turn_is_free():
-    from workers.param_server import Turns
-
-    t = Turns(2, [0, 1, 2, 3])         # all four start computing at once
-    for r in (0, 1, 2):
-        t.pushed(r)
-    assert t.grants() == [0]           # 3 still computes, so one turn is free
-    t.pushed(3)
-    assert t.grants() == [1]           # then 1 (first come, first served)
-    t.gone(0)                          # a worker that died frees its turn
-    assert t.grants() == [2] and t.computing == {1, 2}
-    t.pushed(1)
-    t.started(0)                       # a restarted worker computes at once
-    assert t.grants() == [] and t.drain() == [3, 1] and t.grants() == []
-    free = Turns(0, [0, 1])
-    free.pushed(0)
-    free.pushed(1)
-    assert free.grants() == [0, 1]     # no limit: every push answered at once
-
-
 def test_eight_workers_taking_turns_keep_gradients_fresh(tiny_store, tmp_path):
     """8 workers, at most 1 computing: after the first round every gradient is applied on the
     parameters it was computed on (staleness 0)."""
@@ -367,11 +347,3 @@ def test_eight_workers_taking_turns_keep_gradients_fresh(tiny_store, tmp_path):
     assert sum(counts.values()) == 24
     assert sum(n for k, n in counts.items() if k > 0) <= 7, line  # only the first round is stale
 
-
-def test_shared_gpu_hint_names_what_is_missing():
-    from a3c.launch import shared_gpu_hint
-
-    assert shared_gpu_hint(1, False, False) is None and shared_gpu_hint(8, True, True) is None
-    assert "add --mps train.cudnn_benchmark=true (" in shared_gpu_hint(8, False, False)
-    assert "add --mps (" in shared_gpu_hint(2, False, True)
-    assert "add train.cudnn_benchmark=true (" in shared_gpu_hint(8, True, False)
