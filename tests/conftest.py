@@ -34,3 +34,21 @@ def tiny_store(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("store") / "tiny.h5"
     make_synthetic_store(path, cases=6, size=32, slices=4, seed=0)
     return path
+
+
+def t2(rows):
+    """A [1, 1, 2, 2] float32 tensor from 2x2 nested lists."""
+    import torch
+
+    return torch.tensor(rows, dtype=torch.float32).view(1, 1, 2, 2)
+
+
+def smoke_cfg(**over):
+    """configs/smoke.yaml with ``section__name=value`` fields set."""
+    from a3c.config import load_config
+
+    cfg = load_config("configs/smoke.yaml")
+    for k, v in over.items():
+        sec, name = k.split("__")
+        setattr(getattr(cfg, sec), name, v)
+    return cfg
