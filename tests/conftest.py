@@ -26,6 +26,19 @@ def wait_for(cond, timeout=60.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_intra_op_thread():
+    """Torch in the test process runs one intra-op thread, as the trainer's processes do
+    (``train.threads_per_worker: 1``): on a CPU whose cores are busy with other jobs, one thread
+    per core makes small operations up to 100x slower. Subprocesses keep torch's default."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory) -> Path:
     """A small synthetic store: 6 cases x 4 slices of 32x32."""

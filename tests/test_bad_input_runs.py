@@ -199,6 +199,7 @@ def test_resume_on_a_store_of_other_channels_is_exit_2_and_touches_nothing(tiny_
 # --- a run whose gradients are all rejected stops (the server's side: tests/test_param_server.py) -----
 
 
+@pytest.mark.slow
 def test_a_run_of_non_finite_gradients_ends_with_one_line(tiny_store, tmp_path):
     run = tmp_path / "run"
     proc = start_launch(tiny_store, run, 1, "train.max_updates=100000", env={"PIXELDRL_FAULT_NAN_EVERY": "1"})
@@ -221,6 +222,7 @@ def server_log(run: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
+@pytest.mark.slow
 def test_a_dead_monitor_stops_the_run_with_a_final_checkpoint(tiny_store, tmp_path):
     run = tmp_path / "run"
     proc = start_launch(tiny_store, run, 1, "train.max_updates=100000", "train.checkpoint_interval_s=1000")
@@ -236,6 +238,7 @@ def test_a_dead_monitor_stops_the_run_with_a_final_checkpoint(tiny_store, tmp_pa
     assert updates_in(run / "checkpoints" / "latest.pt") >= 10
 
 
+@pytest.mark.slow
 def test_a_killed_server_gives_one_line_and_no_worker_tracebacks(tiny_store, tmp_path):
     run = tmp_path / "run"
     proc = start_launch(tiny_store, run, 2, "train.max_updates=100000")
@@ -251,6 +254,7 @@ def test_a_killed_server_gives_one_line_and_no_worker_tracebacks(tiny_store, tmp
     assert not [name for name, pid in pids.items() if alive(pid)]
 
 
+@pytest.mark.slow
 def test_ctrl_c_again_during_the_stop_is_ignored(tiny_store, tmp_path):
     run = tmp_path / "run"
     proc = start_launch(tiny_store, run, 2, "train.max_updates=100000")
@@ -275,6 +279,7 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_ctrl_c_to_the_group_during_start_up_is_quiet(tiny_store, tmp_path):
     run = tmp_path / "run"
     proc = start_launch(tiny_store, run, 2, "train.max_updates=100000", own_group=True)

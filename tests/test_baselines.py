@@ -19,15 +19,6 @@ from datasets.store import SliceStore
 from tests.conftest import ROOT, run_module
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Intra-op threads fight other jobs on a shared CPU (100x slowdowns): use one here."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ------------------------------------------------------------------------------ models
 @pytest.mark.parametrize("name", list(BASELINES))
 def test_models_give_one_channel_logits_at_any_size(name):
@@ -125,6 +116,7 @@ def trained(tiny_store, tmp_path_factory):
     return {"out": out, "run": r, "json": json.loads((out / "test_metrics.json").read_text())}
 
 
+@pytest.mark.slow
 def test_cli_writes_test_metrics(trained, tiny_store):
     j = trained["json"]
     store = SliceStore(tiny_store)
@@ -147,6 +139,7 @@ def test_cli_writes_test_metrics(trained, tiny_store):
     store.close()
 
 
+@pytest.mark.slow
 def test_metrics_equal_recomputed_slice(trained, tiny_store):
     j = trained["json"]
     model, ckpt = model_from_baseline_checkpoint(trained["out"] / "best.pt")
@@ -165,6 +158,7 @@ def test_metrics_equal_recomputed_slice(trained, tiny_store):
     store.close()
 
 
+@pytest.mark.slow
 def test_api_without_validation_keeps_final_model(tiny_store, tmp_path):
     out = tmp_path / "bu"
     res = train_baseline("basic_unet", tiny_store, out, max_updates=2, batch=4, width="tiny", val_split="none",
@@ -175,6 +169,7 @@ def test_api_without_validation_keeps_final_model(tiny_store, tmp_path):
                                                     width="tiny", val_split="none"))
 
 
+@pytest.mark.slow
 def test_pixeldrl_tools_refuse_a_baseline_checkpoint(trained, tiny_store, capsys):
     from tools.eval_ckpt import main as eval_main
 

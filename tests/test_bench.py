@@ -9,6 +9,7 @@ from tests.conftest import ROOT, run_module
 KEYS = {"mode", "workers", "batch", "t_max", "size", "device", "img_steps_per_s", "peak_mem_mib", "flops_per_img_step"}
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_output_format(tmp_path):
     # a config whose budget is epochs only, like configs/paper.yaml: the benchmark sets its own
     config = tmp_path / "epochs_only.yaml"

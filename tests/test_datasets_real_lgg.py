@@ -16,7 +16,7 @@ from datasets.store import SliceStore
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "lgg-kaggle3m-8.tar.xz"
 
-pytestmark = pytest.mark.skipif(not ARCHIVE.is_file(), reason=f"{ARCHIVE} not present")
+pytestmark = [pytest.mark.skipif(not ARCHIVE.is_file(), reason=f"{ARCHIVE} not present"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

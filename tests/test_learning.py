@@ -5,6 +5,7 @@ design and takes the default network minutes to learn (docs/RESULTS.md); this te
 shows, within a minute, that the RL machinery itself learns.
 """
 import numpy as np
+import pytest
 import torch
 
 from a3c.config import load_config
@@ -14,6 +15,8 @@ from a3c.metrics import overlap_metrics
 from a3c.model import build_model
 from datasets.store import SliceStore
 from datasets.writer import StoreWriter
+
+pytestmark = pytest.mark.slow  # 300 updates in one process
 
 UPDATES = 300
 

@@ -45,6 +45,7 @@ def test_paper_configuration_parameter_count_near_paper():
 
 
 # PyTorch's own inductor code calls torch.jit.script_method while it compiles; nothing of ours does
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compiled_training_model_gives_the_eager_gradients_after_a_parameter_update():
     """train.compile: a worker's compiled net, bound to a flat vector that the server's new

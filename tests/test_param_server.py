@@ -21,15 +21,6 @@ STATS = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "reward": 0.0}
 PRE = {"normalisation": "none", "converter": "test", "image_shape": [1, 32, 32]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as in the server's process (and 100x faster checks on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_server(tmp_path, *overrides: str, resume: dict | None = None) -> ParamServer:
     """A server for 1-channel 32x32 images and 16 training slices, smoke config plus ``overrides``."""
     cfg = load_config(SMOKE, list(overrides))

@@ -93,6 +93,7 @@ def baseline_ckpt(tiny_store, tmp_path_factory):
     return out / "best.pt"
 
 
+@pytest.mark.slow
 def test_coarse_store_adds_the_baseline_probability_channel(tiny_store, baseline_ckpt, tmp_path):
     out = tmp_path / "coarse.h5"
     res = run_module(["-m", "baselines.coarse", "--ckpt", str(baseline_ckpt), "--data", str(tiny_store),

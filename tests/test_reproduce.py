@@ -22,6 +22,7 @@ def read_csv(path):
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment,extra,rows", [
     ("table2", ["--baselines", "unet,attention_unet,unet_plus_plus"], {("test split", "PixelDRL-MG"),
                                                                        ("test split", "U-Net"),
@@ -65,6 +66,7 @@ def test_experiments_with_baselines_write_their_tables(tiny_store, tmp_path, exp
         assert {r["train_split"] for r in lines} == {"train_50", "train_100", "train"}
 
 
+@pytest.mark.slow
 def test_table3_ablation_switches_sam_and_dilation_and_resumes(tiny_store, tmp_path):
     out = tmp_path / "t3"
     res = reproduce(tiny_store, out, "table3")
@@ -85,6 +87,7 @@ def test_table3_ablation_switches_sam_and_dilation_and_resumes(tiny_store, tmp_p
     assert {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/result.json")} == before
 
 
+@pytest.mark.slow
 def test_fig7_sweeps_t_max_and_plots(tiny_store, tmp_path):
     out = tmp_path / "f7"
     res = reproduce(tiny_store, out, "fig7", "--t-max", "1,3")
@@ -96,6 +99,7 @@ def test_fig7_sweeps_t_max_and_plots(tiny_store, tmp_path):
     assert "env.t_max=1" in ckpt_cfgs[0] and "env.t_max=3" in ckpt_cfgs[1]
 
 
+@pytest.mark.slow
 def test_fig5_refines_the_baseline_masks_with_pixelrl_and_plots(tiny_store, tmp_path):
     out = tmp_path / "f5"
     res = reproduce(tiny_store, out, "fig5", "--coarse", "unet")
@@ -112,6 +116,7 @@ def test_fig5_refines_the_baseline_masks_with_pixelrl_and_plots(tiny_store, tmp_
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in lines)
 
 
+@pytest.mark.slow
 def test_relative_paths_are_taken_from_the_callers_folder(tiny_store, tmp_path):
     import shutil
     import subprocess
@@ -128,6 +133,7 @@ def test_relative_paths_are_taken_from_the_callers_folder(tiny_store, tmp_path):
     assert (tmp_path / "o" / "fig7.csv").exists() and not (ROOT / "o").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_cell_names_its_log_and_exits_1(tiny_store, tmp_path):
     out = tmp_path / "bad"
     res = run_module(["tools/reproduce.py", "table3", "--data", str(tiny_store), "--out", str(out), *QUICK],

@@ -66,6 +66,7 @@ def updates_in(path: Path) -> int:
     return int(load_checkpoint(path)["counters"]["updates"])
 
 
+@pytest.mark.slow
 def test_end_to_end_two_workers(tiny_store, tmp_path):
     run = tmp_path / "run"
     res = run_module(launch_args(tiny_store, run, 2, "train.max_updates=12"))
@@ -110,6 +111,7 @@ def test_end_to_end_two_workers(tiny_store, tmp_path):
     assert json.loads(out.read_text())["params"] == ckpt["params"]
 
 
+@pytest.mark.slow
 def test_one_worker_equals_sequential_reference_updates(tiny_store, tmp_path):
     k = 4
     run = tmp_path / "run"
@@ -171,6 +173,7 @@ def test_lr_schedule_steps_every_25_epochs():
     assert lr_at(cfg, 199) == pytest.approx(1e-3 * 0.9 ** 7)
 
 
+@pytest.mark.slow
 def test_nan_gradients_are_never_applied(tiny_store, tmp_path):
     run = tmp_path / "run"
     res = run_module(launch_args(tiny_store, run, 1, "train.max_updates=6"), env={"PIXELDRL_FAULT_NAN_EVERY": "2"})
@@ -180,6 +183,7 @@ def test_nan_gradients_are_never_applied(tiny_store, tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
+@pytest.mark.slow
 def test_worker_raising_repeatedly_stops_the_run(tiny_store, tmp_path):
     run = tmp_path / "run"
     res = run_module(launch_args(tiny_store, run, 2, "train.max_updates=1000", "train.max_worker_restarts=2"),
@@ -192,6 +196,7 @@ def test_worker_raising_repeatedly_stops_the_run(tiny_store, tmp_path):
     assert updates_in(run / "checkpoints" / "latest.pt") == 0
 
 
+@pytest.mark.slow
 def test_killed_worker_is_replaced_and_run_completes(tiny_store, tmp_path):
     run = tmp_path / "run"
     proc = start_launch(tiny_store, run, 2, "train.max_updates=500")  # ~20 s; a replacement starts in ~3 s
@@ -210,6 +215,7 @@ def test_killed_worker_is_replaced_and_run_completes(tiny_store, tmp_path):
     assert updates_in(run / "checkpoints" / "latest.pt") == 500
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_checkpoint_and_leaves_nothing(tiny_store, tmp_path):
     shm_before = set(os.listdir("/dev/shm"))
     run = tmp_path / "run"
@@ -240,6 +246,7 @@ def test_ctrl_c_writes_checkpoint_and_leaves_nothing(tiny_store, tmp_path):
     assert not leftovers
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_whole_process_group_still_writes_the_final_checkpoint(tiny_store, tmp_path):
     """``timeout``, Slurm and ``kill -- -PGID`` signal every process of the run at once: the children
     must leave the orderly stop to the launcher instead of dying before the server's last checkpoint."""
@@ -258,6 +265,7 @@ def test_sigterm_to_the_whole_process_group_still_writes_the_final_checkpoint(ti
     assert updates_in(latest) > 0
 
 
+@pytest.mark.slow
 def test_launcher_sigkill_then_resume_continues(tiny_store, tmp_path):
     run = tmp_path / "run"
     proc = start_launch(tiny_store, run, 2, "train.max_updates=100000")
@@ -284,6 +292,7 @@ def test_launcher_sigkill_then_resume_continues(tiny_store, tmp_path):
     assert min(float(s) for s in steps) == u0 + 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra,message", [
     (["--data", "/nonexistent/store.h5"], "/nonexistent/store.h5"),
     (["train.nope=1"], "unknown key train.nope"),
@@ -333,6 +342,7 @@ def test_active_workers_resolution():
     assert active_workers(3, 8, "cuda", 1, cores=2) == 3 and active_workers(12, 8, "cpu", 1, cores=2) == 8
 
 
+@pytest.mark.slow
 def test_eight_workers_taking_turns_keep_gradients_fresh(tiny_store, tmp_path):
     """8 workers, at most 1 computing: after the first round every gradient is applied on the
     parameters it was computed on (staleness 0)."""

@@ -21,15 +21,6 @@ from workers.worker import run_worker
 SMOKE = "configs/smoke.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as in a worker process (``train.threads_per_worker``)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class FakeLink:
     """A link to an in-process server: each push is applied by ``learner`` at once; stop after ``updates``."""
 
