@@ -102,8 +102,9 @@ class TrainConfig:
     epochs: float = _f(200.0, "stop after this many epochs of training slices; 0 = no epoch bound")
     max_updates: int = _f(0, "stop after this many parameter updates; 0 = no update bound")
     seed: int = _f(0, "base seed; worker k uses seed + k")
-    rollout: str = _f("onestep", "onestep: keep one step's graph at a time (memory independent of t_max); "
-                      "full: keep all")
+    rollout: str = _f("auto", "onestep: keep one step's graph at a time (memory independent of t_max, a third "
+                      "more compute); full: keep all; auto: each worker measures one step's graph on its first "
+                      "batch and keeps all where they fit (docs/TRAINING.md, \"Memory: train.rollout\")")
     threads_per_worker: int = _f(1, "torch intra-op threads per worker process")
     active_workers: int = _f(0, "local backend: at most this many workers compute at once, the others wait their "
                              "turn (less staleness, same throughput when workers outnumber the cores); 0 = auto: "
@@ -113,8 +114,9 @@ class TrainConfig:
     amp: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU)")
     channels_last: bool = _f(True, "NHWC activations: cuDNN's fast layout for bf16 convolutions on CUDA, and 1.2x "
                              "faster updates on CPU (docs/PERFORMANCE.md)")
-    cudnn_benchmark: bool = _f(False, "let cuDNN time its algorithms per shape on CUDA: 2.07x for 8 workers under "
-                               "--mps on an H200; off by default (docs/PERFORMANCE.md)")
+    cudnn_benchmark: str = _f("auto", "let cuDNN time its algorithms per shape on CUDA: 2.07x for 8 workers under "
+                              "MPS on an H200 (docs/PERFORMANCE.md); auto: on where the launcher runs its private MPS "
+                              "daemon, off otherwise; true/false: always/never")
     compile: bool = _f(False, "torch.compile the network in every worker: a slower start (about 50 s per worker on "
                        "CPU for the default net), faster updates after it (docs/PERFORMANCE.md)")
 
@@ -169,8 +171,15 @@ _CHOICES = {
     ("env", "kind"): ("mask", "refine"),
     ("loss", "bootstrap"): ("zero", "value"),
     ("model", "init"): ("torch", "kaiming"),
-    ("train", "rollout"): ("onestep", "full"),
+    ("train", "rollout"): ("auto", "onestep", "full"),
+    ("train", "cudnn_benchmark"): ("auto", "true", "false"),
 }
+_AUTO_BOOLS = {("train", "cudnn_benchmark")}  # auto/true/false fields: YAML booleans (and old configs' bools) map
+
+
+def cudnn_benchmark_on(setting: str, under_mps: bool = False) -> bool:
+    """``train.cudnn_benchmark`` resolved: an explicit true/false wins; auto is on only under the run's MPS daemon."""
+    return setting == "true" or (setting == "auto" and under_mps)
 
 
 def _coerce(section: str, name: str, value: Any, ftype: Any) -> Any:
@@ -193,6 +202,8 @@ def _coerce(section: str, name: str, value: Any, ftype: Any) -> Any:
     if origin is str:
         if value is None:
             value = ""
+        if (section, name) in _AUTO_BOOLS and isinstance(value, bool):
+            value = "true" if value else "false"
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         allowed = _CHOICES.get((section, name))

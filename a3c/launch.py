@@ -2,7 +2,7 @@
 
     python -m a3c.launch --workers N [--config FILE] [--data FILE.h5] [--run-dir DIR]
                          [--device auto|cpu|cuda] [--resume] [--backend local|ray]
-                         [--ray-address ADDR] [--mps] [section.key=value ...]
+                         [--ray-address ADDR] [--mps | --no-mps] [section.key=value ...]
 
 Process topology (``--backend local``: processes started with ``spawn`` on this machine;
 ``--backend ray``: the server and the workers are Ray actors, see ``workers.ray_backend``)::
@@ -14,6 +14,9 @@ Process topology (``--backend local``: processes started with ``spawn`` on this 
 The launcher watches its children: a dead worker is replaced (up to ``train.max_worker_restarts``
 in all), a dead server or monitor ends the run with an error, Ctrl-C stops the run with a final
 checkpoint. At the end it evaluates ``best.pt`` on the test split and prints the metrics.
+With several CUDA workers on one GPU it starts a private MPS daemon for the run where it can
+(``workers.mps.plan_mps``; ``--no-mps`` to go without) and then turns cuDNN autotuning on
+(``train.cudnn_benchmark: auto``); on CUDA it says what it chose, and why, in one line.
 Without ``--data`` it trains on the built-in synthetic store, made on first use in the cache
 folder (``$XDG_CACHE_HOME/pixeldrl-mg`` or ``~/.cache/pixeldrl-mg``).
 """
@@ -25,6 +28,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,14 +48,31 @@ import torch  # noqa: E402
 
 from a3c.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from a3c.cli import UsageError, resolve_device  # noqa: E402
-from a3c.config import Config, ConfigError, apply_dict, config_from_dict, load_config, parse_overrides  # noqa: E402
+from a3c.config import (  # noqa: E402
+    Config,
+    ConfigError,
+    apply_dict,
+    config_from_dict,
+    cudnn_benchmark_on,
+    load_config,
+    parse_overrides,
+)
 from a3c.evaluate import evaluate_checkpoint, table_row  # noqa: E402
 from a3c.fileio import write_json_atomic  # noqa: E402
 from a3c.model import build_model  # noqa: E402
 from datasets.store import SliceStore, StoreError  # noqa: E402
 from workers.common import active_workers, usable_cores  # noqa: E402
 from workers.launcher import Launcher, RunError  # noqa: E402
-from workers.mps import MPSError, start_mps, stop_mps  # noqa: E402
+from workers.mps import (  # noqa: E402
+    CONTROL,
+    MPSError,
+    MPSPlan,
+    gpu_settings_line,
+    mps_served,
+    plan_mps,
+    start_mps,
+    stop_mps,
+)
 
 MAX_WORKERS = {"local": 256, "ray": 4096}
 FDS_PER_WORKER = 4  # the launcher's and the server's ends of each worker's pipe, its sentinel, spare
@@ -100,9 +121,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "ray: Ray actors (pip install -r requirements-ray.txt)")
     ap.add_argument("--ray-address", default=None, metavar="ADDR",
                     help="with --backend ray: join the running cluster at ADDR (default: start a local Ray instance)")
-    ap.add_argument("--mps", action="store_true",
-                    help="run a private CUDA Multi-Process Service daemon for the run, so that the workers' kernels "
-                         "share the GPU at once instead of taking turns (local backend, CUDA)")
+    mps = ap.add_mutually_exclusive_group()
+    mps.add_argument("--mps", action="store_true",
+                     help="always run a private CUDA Multi-Process Service daemon for the run, so that the workers' "
+                          "kernels share the GPU at once instead of taking turns, and fail where it cannot start "
+                          "(local backend, CUDA); by default the launcher starts one itself for several CUDA workers "
+                          "where it can (docs/TRAINING.md, \"MPS\")")
+    mps.add_argument("--no-mps", action="store_true",
+                     help="never start an MPS daemon (and so keep cuDNN autotuning off unless "
+                          "train.cudnn_benchmark=true)")
     ap.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
     args = ap.parse_args(argv)
     if args.workers < 1:
@@ -236,16 +263,29 @@ def oversubscribed(workers: int, threads: int, cores: int, active: int) -> str |
             f"consider --workers {fit} or train.active_workers=0")
 
 
-def shared_gpu_hint(workers: int, mps: bool, cudnn_benchmark: bool) -> str | None:
-    """The hint for several CUDA workers sharing one GPU without the settings measured to pay, else None.
+def expects_cuda(device: str) -> bool:
+    """Whether ``--device`` will resolve to CUDA, asked without initialising CUDA where NVML answers
+    (``torch.cuda.device_count``): an MPS daemon must start before this process initialises CUDA."""
+    return device == "cuda" or (device == "auto" and torch.cuda.device_count() > 0)
 
-    On an H200 (docs/PERFORMANCE.md), 8 workers of batch 2 gave 0.40x the image-steps/s of one
-    batched process plainly, 0.55x under MPS, and 0.94x under MPS with cuDNN autotuning."""
-    if workers < 2 or (mps and cudnn_benchmark):
-        return None
-    missing = " ".join(x for x, on in (("--mps", mps), ("train.cudnn_benchmark=true", cudnn_benchmark)) if not on)
-    return (f"hint: {workers} CUDA workers share one GPU; add {missing} (8 workers on an H200 ran 2.8x faster with "
-            f"both than with neither: docs/PERFORMANCE.md, \"The 8-worker trainer on the GPU\")")
+
+def mps_mode(args: argparse.Namespace) -> str:
+    """``on`` (``--mps``), ``off`` (``--no-mps``) or ``auto``."""
+    return "on" if args.mps else "off" if args.no_mps else "auto"
+
+
+def start_planned_mps(plan: MPSPlan, mode: str):
+    """``(daemon or None, plan)``: start the daemon ``plan`` asks for; where that fails, MPSError
+    under ``--mps``, else the run goes on without it and the returned plan says why."""
+    if not plan.start:
+        return None, plan
+    try:
+        return start_mps(), plan
+    except MPSError as exc:
+        if mode == "on":
+            raise
+        why = str(exc).removeprefix("--mps: ")
+        return None, MPSPlan(False, f"its private daemon did not start: {why}; --no-mps skips trying")
 
 
 def ignore_stop_signals() -> None:
@@ -269,13 +309,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_workers(args.workers, args.backend)
         cfg, resume, run = resolve(args)
-        if args.mps:  # before this process touches CUDA; its children inherit the daemon's folders
-            mps = start_mps()
-            print(f"MPS: a private daemon for this run, CUDA_MPS_PIPE_DIRECTORY={mps.env()['CUDA_MPS_PIPE_DIRECTORY']}",
-                  file=sys.stderr)
+        mode = mps_mode(args)
+        plan = plan_mps(mode, args.workers, args.backend, expects_cuda(args.device), shutil.which(CONTROL),
+                        mps_served(os.environ))
+        mps, plan = start_planned_mps(plan, mode)  # before this process touches CUDA; children inherit the daemon
+        cudnn_on = cudnn_benchmark_on(cfg.train.cudnn_benchmark, under_mps=mps is not None)
+        if mps is not None:
+            print(f"{gpu_settings_line(plan, True, cfg.train.cudnn_benchmark, cudnn_on)}; "
+                  f"CUDA_MPS_PIPE_DIRECTORY={mps.env()['CUDA_MPS_PIPE_DIRECTORY']}", file=sys.stderr)
         device = resolve_device(args.device)
         if mps is not None and device.type != "cuda":
-            raise UsageError("--mps: CUDA is not available on this machine")
+            if mode == "on":
+                raise UsageError("--mps: CUDA is not available on this machine")
+            stop_mps(mps)  # NVML saw a GPU that CUDA cannot use: a CPU run, nothing more to say about MPS
+            mps = None
+        if device.type == "cuda" and mps is None:
+            print(gpu_settings_line(plan, False, cfg.train.cudnn_benchmark, cudnn_on), file=sys.stderr)
         launcher_cls = launcher_class(args.backend)
         data = args.data or cfg.data.path or str(default_store(cfg))
         store = SliceStore(data)
@@ -290,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.model.in_channels = c
         meta = {"argv": sys.argv, "args": vars(args), "git": git_revision(), "torch": torch.__version__,
                 "python": platform.python_version(), "device": str(device), "data": cfg.data.path,
+                "mps": mps is not None, "cudnn_benchmark": cudnn_on and device.type == "cuda",
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "resumed_at_update": resume["counters"]["updates"] if resume else 0}
         prepare_run_dir(run, cfg, meta)
@@ -300,11 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             warning = oversubscribed(args.workers, cfg.train.threads_per_worker, usable_cores(), active)
             if warning:
                 print(warning, file=sys.stderr)
-        if device.type == "cuda" and args.backend == "local":
-            hint = shared_gpu_hint(args.workers, mps is not None, cfg.train.cudnn_benchmark)
-            if hint:
-                print(hint, file=sys.stderr)
-        launcher = launcher_cls(args, cfg, store, run.resolve(), device, resume)
+        tuned = {"train": {"cudnn_benchmark": "true" if cudnn_on else "false"}} if device.type == "cuda" else {}
+        launcher = launcher_cls(args, cfg, store, run.resolve(), device, resume, tuned)
         launcher.start()
         t0 = time.monotonic()
         launcher.train()

@@ -97,11 +97,15 @@ def train_single_process(model: PixelDRLNet, cfg, sample, n_train: int, updates:
     the numpy generator seeded ``train.seed``; actions are sampled with a torch generator seeded
     the same. This is what one worker of rank 0 does, with no other worker beside it, so the
     trainer's parameters after k updates must equal these (a test checks). ``callback(update,
-    stats)`` runs after every update. Returns the learner (its model holds the parameters).
+    stats)`` runs after every update. ``train.rollout: auto`` is resolved on the first batch, as a
+    worker does (``a3c.memory``). Returns the learner (its model holds the parameters).
     """
+    from dataclasses import replace
+
     import numpy as np
 
     from a3c.batch import prepare_batch
+    from a3c.memory import resolve_rollout
     from a3c.params import numel
     from a3c.rollout import reference_update
 
@@ -113,6 +117,8 @@ def train_single_process(model: PixelDRLNet, cfg, sample, n_train: int, updates:
     for u in range(1, updates + 1):
         images, masks = sample(rng)[:2]
         x, g = prepare_batch(images, masks, device, cfg.data.image_size)
+        if cfg.train.rollout == "auto":  # resolved in a copy: the caller's config stays as given
+            cfg = replace(cfg, train=replace(cfg.train, rollout=resolve_rollout(model, x, g, cfg)[0]))
         grad.zero_()
         stats = reference_update(model, x, g, cfg, gen)
         learner.apply(grad, len(images))

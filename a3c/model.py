@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from a3c.config import ConfigError, EnvConfig, ModelConfig, TrainConfig, load_config
+from a3c.config import ConfigError, EnvConfig, ModelConfig, TrainConfig, cudnn_benchmark_on, load_config
 from a3c.env import n_actions
 from a3c.params import numel
 
@@ -192,11 +192,12 @@ def use_channels_last(model: nn.Module) -> nn.Module:
 
 def tune_for_device(model: nn.Module, device: torch.device | str, train: TrainConfig | None = None) -> nn.Module:
     """The fast path: NHWC activations (``train.channels_last``: cuDNN's layout for bf16 on CUDA,
-    oneDNN's faster one on CPU) and, on CUDA, cuDNN autotuning (``train.cudnn_benchmark``).
+    oneDNN's faster one on CPU) and, on CUDA, cuDNN autotuning (``train.cudnn_benchmark``: true, or
+    auto in a worker the launcher resolved to true under its MPS daemon; auto is off elsewhere).
     Returns the model."""
     train = train or TrainConfig()
     if torch.device(device).type == "cuda":
-        torch.backends.cudnn.benchmark = train.cudnn_benchmark
+        torch.backends.cudnn.benchmark = cudnn_benchmark_on(train.cudnn_benchmark)
     if train.channels_last:
         use_channels_last(model)
     return model

@@ -8,6 +8,9 @@ Two memory modes (``train.rollout``) give the same gradient:
 * ``onestep`` rolls out without a graph, computes the returns, then re-runs each step's forward
   with a graph and backwards it at once; the reward kernel w gets its gradient from a last,
   cheap backward through the returns. Peak memory is one step's, for one extra forward per step.
+
+``auto`` is resolved by each training process on its first batch (``a3c.memory.resolve_rollout``);
+a config that reaches ``reference_update`` still on ``auto`` runs ``onestep``, the mode that fits.
 """
 from __future__ import annotations
 

@@ -151,12 +151,41 @@ def test_cuda_trainer_learns_and_evaluates(tmp_path):
     assert best["dice"] > 0.6, best
     logs = "".join(p.read_text() for p in (run / "logs").glob("worker*.log"))
     assert "peak_cuda_mib=" in logs and "on cuda" in logs
+    assert logs.count("train.rollout auto -> full") == 2, logs  # smoke.yaml leaves it auto; tiny graphs fit
 
     out = tmp_path / "eval.json"
     res = run_module(["tools/eval_ckpt.py", "--ckpt", str(run / "checkpoints" / "best.pt"), "--data", str(store),
                       "--device", "cuda", "--json", str(out), "--no-progress"])
     assert res.returncode == 0, res.stderr
     assert 0.0 <= json.loads(out.read_text())["dice"] <= 1.0
+
+
+@needs_cuda
+def test_cuda_step_graph_predicts_what_the_full_rollout_adds():
+    """train.rollout auto's measure: (t_max - 1) step graphs should be about the extra peak memory of
+    ``full`` over ``onestep``, and never much less (an underestimate could run out of memory)."""
+    from a3c.env import PixelEnv
+    from a3c.memory import step_graph_bytes
+
+    t_max = 6
+    cfg = load_config(SMOKE, [f"env.t_max={t_max}", "model.width=8", "model.head_channels=16"])
+    torch.manual_seed(0)
+    model = tune_for_device(build_model(cfg.model, 1).cuda(), "cuda")
+    x = torch.rand(2, 1, 128, 128, device="cuda")
+    g = (torch.rand(2, 1, 128, 128, device="cuda") > 0.6).float()
+    peaks = {}
+    for mode in ("onestep", "full", "onestep", "full"):  # the first of each warms up (workspaces, casts)
+        cfg.train.rollout = mode
+        model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        reference_update(model, x, g, cfg, torch.Generator(device="cuda").manual_seed(1))
+        torch.cuda.synchronize()
+        peaks[mode] = torch.cuda.max_memory_allocated() - base
+    grown = peaks["full"] - peaks["onestep"]
+    predicted = (t_max - 1) * step_graph_bytes(model, PixelEnv(cfg.env, x, g).reset(), cfg.train.amp)
+    assert 0.7 * grown <= predicted <= 3 * grown, (predicted, grown, peaks)
 
 
 def test_flatten_is_unaffected_by_channels_last():

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
 from a3c.checkpoint import load_checkpoint
 from tests.conftest import ROOT, run_module, wait_for
@@ -77,6 +78,41 @@ def test_ray_local_instance_trains_two_workers(tiny_store, tmp_path):
         acc.Reload()
         scalars |= set(acc.Tags()["scalars"])
     assert {"losses/policy_loss", "charts/img_steps_per_s", "val/dice"} <= scalars
+
+
+@pytest.mark.parametrize("gpus, here, workers, plan", [
+    (1, 1, 2, (0.1, 0.45, 2)),    # one GPU: the server's tenth and two workers
+    (8, 8, 8, (0.1, 0.9, 1)),     # a GPU per worker, the server beside one of them
+    (2, 1, 3, (0.1, 0.45, 2)),    # two to a GPU where the workers do not divide evenly
+    (2, 0, 3, (0.0, 0.5, 2)),     # no GPU on the launcher's node: theta and Adam on its CPU
+])
+def test_gpu_plan_fits_the_server_and_the_workers_on_the_gpus(gpus, here, workers, plan):
+    from workers.ray_backend import gpu_plan
+
+    server, worker, per_gpu = gpu_plan(gpus, here, workers)
+    assert (server, per_gpu) == (plan[0], plan[2]) and worker == pytest.approx(plan[1])
+    assert server + per_gpu * worker <= 1.0 + 1e-9  # the GPU that holds the server holds its workers too
+    assert per_gpu * max(1, gpus) >= workers
+
+
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_ray_cuda_trains_until_the_first_validation(tiny_store, tmp_path):
+    """--backend ray --device cuda, one GPU, 2 workers: theta and Adam on the GPU, the workers on CUDA."""
+    run = tmp_path / "run"
+    args = ray_args(tiny_store, run, 2, "train.max_updates=30", "train.checkpoint_interval_s=2")
+    args[args.index("--device") + 1] = "cuda"
+    res = run_module(args, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "MPS: not used (--backend ray: start MPS on each node yourself)" in res.stderr
+    assert "theta and Adam on cuda" in (run / "logs" / "server.log").read_text()
+    for rank in (0, 1):
+        log = (run / "logs" / f"worker{rank}.log").read_text()
+        assert f"worker {rank} on cuda" in log and "peak_cuda_mib=" in log, log
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert 0.0 <= best["dice"] <= 1.0
+    assert updates_in(run / "checkpoints" / "latest.pt") == 30
 
 
 @needs_ray

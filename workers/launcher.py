@@ -63,12 +63,25 @@ def progress_postfix(status, workers: int) -> dict:
     return post
 
 
+def with_overrides(cfg_dict: dict, overrides: dict) -> dict:
+    """``cfg_dict`` (``Config.to_dict()``) with ``{section: {key: value}}`` set over it; the input is unchanged."""
+    return {sec: {**vals, **overrides.get(sec, {})} for sec, vals in cfg_dict.items()}
+
+
 class Launcher:
-    """Starts, watches and stops the children of one run."""
+    """Starts, watches and stops the children of one run.
+
+    ``worker_overrides`` (``{section: {key: value}}``) are the settings the launcher resolved for
+    this run's workers alone (``train.cudnn_benchmark`` under MPS); the server, and so every
+    checkpoint, keeps the config as given."""
 
     def __init__(self, args: argparse.Namespace, cfg: Config, store: SliceStore, run: Path,
-                 device: torch.device, resume: dict | None):
+                 device: torch.device, resume: dict | None, worker_overrides: dict | None = None):
         self.args, self.cfg, self.store, self.run, self.device, self.resume = args, cfg, store, run, device, resume
+        self.worker_cfg = with_overrides(cfg.to_dict(), worker_overrides or {})
+        # every worker shares the device's memory (train.rollout auto), also while it waits for its turn: the
+        # allocators (CUDA's cache, glibc's heap) keep a process's peak memory after its update
+        self.sharers = args.workers
         self.ctx = mp.get_context("spawn")
         self.log_dir = str(run / "logs")
         self.workers: dict[int, mp.Process] = {}
@@ -134,8 +147,8 @@ class Launcher:
     def _start_worker(self, rank: int, conn) -> None:
         seed = self.next_seed(rank)
         self.workers[rank] = self._spawn(f"worker{rank}", work, self.cfg.train.threads_per_worker, rank,
-                                         self.cfg.to_dict(), str(self.store.path), self.store.image_shape[0],
-                                         conn, str(self.device), seed)
+                                         self.worker_cfg, str(self.store.path), self.store.image_shape[0],
+                                         conn, str(self.device), seed, self.sharers)
         conn.close()
 
     def next_seed(self, rank: int) -> int:

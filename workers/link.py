@@ -4,8 +4,9 @@ A link has ``grad`` [P], the buffer the worker's backward accumulates into; ``pu
 version`` copies the latest parameters into ``out`` and returns their version (the server's
 update count); ``push(version, n_images, stats) -> bool`` hands ``grad`` to the server with the
 version it was computed on and the worker's stats, waits until the server has consumed it, and
-returns False when the server says stop. ``PipeLink`` is the local transport (shared memory and
-a pipe); ``workers.ray_backend.RayLink`` is the Ray one.
+returns False when the server says stop; ``free_bytes()`` is the device's free memory the server
+read before the workers' first updates, or None (``train.rollout: auto``). ``PipeLink`` is the
+local transport (shared memory and a pipe); ``workers.ray_backend.RayLink`` is the Ray one.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class Link(Protocol):
 
     def push(self, version: int, n_images: int, stats: dict) -> bool: ...
 
+    def free_bytes(self) -> int | None: ...
+
 
 class PipeLink:
     """Worker ``rank``'s link over ``torch.multiprocessing``: its slot of ``shared.grads``, a pipe."""
@@ -38,6 +41,10 @@ class PipeLink:
 
     def pull(self, out: torch.Tensor) -> int:
         return self.shared.read_theta(out)
+
+    def free_bytes(self) -> int | None:
+        mib = self.shared.get("free_mib")
+        return int(mib * 2**20) if mib > 0 else None
 
     def push(self, version: int, n_images: int, stats: dict) -> bool:
         if self.grad.is_cuda:  # the server reads the slot from another process: the writes must be done

@@ -1,4 +1,5 @@
-"""A private CUDA Multi-Process Service (MPS) control daemon for one run: ``a3c.launch --mps``.
+"""A private CUDA Multi-Process Service (MPS) control daemon for one run: by default with several
+CUDA workers on one GPU (``plan_mps``), always with ``a3c.launch --mps``, never with ``--no-mps``.
 
 Without MPS, processes that share a GPU take turns on it (time slicing): the kernels of N workers
 never overlap, so each runs at the size of one worker's batch. Under MPS they run at the same
@@ -11,7 +12,14 @@ copies its logs to a folder of the run, restores the variables, and leaves a det
 quits the daemon (which waits for the run's last CUDA process, this one, to exit) and then
 removes the temporary folder.
 
-Start it before this process touches CUDA, so that it too is a client of the daemon.
+Start it before this process touches CUDA, so that it too is a client of the daemon (the CUDA
+driver connects to a daemon when it initialises).
+
+When the launcher starts one by itself (``plan_mps``): the run uses CUDA (``--device cuda``, or
+``auto`` with a GPU that NVML counts), the local backend, at least two workers, the control
+program on PATH, and no daemon that already serves the machine (``mps_served``: the variable
+``CUDA_MPS_PIPE_DIRECTORY`` set, which points CUDA at a daemon of the user's, or a ``control``
+entry in the default pipe folder ``/tmp/nvidia-mps``, the machine's daemon).
 """
 from __future__ import annotations
 
@@ -21,13 +29,66 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 CONTROL = "nvidia-cuda-mps-control"
 ENV_KEYS = ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")
+DEFAULT_PIPE = Path("/tmp/nvidia-mps")  # where CUDA and the control program look without CUDA_MPS_PIPE_DIRECTORY
 
 
 class MPSError(RuntimeError):
     """The daemon could not be found, started or reached; the message is one line."""
+
+
+def mps_served(env: Mapping[str, str], default_pipe: Path = DEFAULT_PIPE) -> str | None:
+    """Why an MPS daemon already serves this machine's CUDA processes, or None: ``CUDA_MPS_PIPE_DIRECTORY``
+    is set (the user's daemon), or the default pipe folder holds the daemon's ``control`` entry."""
+    if env.get("CUDA_MPS_PIPE_DIRECTORY"):
+        return f"CUDA_MPS_PIPE_DIRECTORY={env['CUDA_MPS_PIPE_DIRECTORY']} is set"
+    control = default_pipe / "control"
+    if os.path.lexists(control):
+        return f"{control} exists"
+    return None
+
+
+@dataclass(frozen=True)
+class MPSPlan:
+    start: bool  # start a private daemon for the run
+    why: str     # for the launcher's line; empty where nothing is said (the run is not on CUDA)
+
+
+def plan_mps(mode: str, workers: int, backend: str, cuda: bool, control: str | None, served: str | None) -> MPSPlan:
+    """Whether the launcher starts its private daemon. ``mode``: ``on`` (``--mps``: always, and
+    ``start_mps`` fails loudly), ``off`` (``--no-mps``) or ``auto``; ``cuda``: the run will use
+    CUDA; ``control``: the control program's path or None; ``served``: ``mps_served``'s answer."""
+    if mode == "on":
+        return MPSPlan(True, "--mps")
+    if not cuda:
+        return MPSPlan(False, "")
+    if mode == "off":
+        return MPSPlan(False, "--no-mps")
+    if backend != "local":
+        return MPSPlan(False, f"--backend {backend}: start MPS on each node yourself")
+    if workers < 2:
+        return MPSPlan(False, "one CUDA worker: no other process shares the GPU")
+    if control is None:
+        return MPSPlan(False, f"{CONTROL} is not on PATH (it comes with the NVIDIA driver)")
+    if served:
+        return MPSPlan(False, f"an MPS daemon already serves this machine: {served}")
+    return MPSPlan(True, f"{workers} CUDA workers share the GPU; --no-mps to go without")
+
+
+def gpu_settings_line(plan: MPSPlan, started: bool, cudnn_setting: str, cudnn_on: bool) -> str:
+    """The launcher's one line on MPS and cuDNN autotuning for a CUDA run (``started``: the private
+    daemon runs, its folder follows on the line where the caller adds it)."""
+    if started:
+        head = f"MPS: a private daemon for this run ({plan.why})"
+    else:
+        head = f"MPS: not used ({plan.why})" if plan.why else "MPS: not used"
+    tuning = f"cuDNN autotuning {'on' if cudnn_on else 'off'} (train.cudnn_benchmark={cudnn_setting})"
+    if not started and not cudnn_on and cudnn_setting == "auto":
+        tuning += ", today's safe setting without MPS"
+    return f"{head}; {tuning}"
 
 
 @dataclass

@@ -27,6 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 from a3c.checkpoint import TrainedOn, pixeldrl_checkpoint, save_checkpoint
 from a3c.config import config_from_dict
 from a3c.learner import Learner
+from a3c.memory import free_memory
 from a3c.model import build_model
 from a3c.params import numel
 from workers.shared import SharedState
@@ -142,7 +143,8 @@ class ParamServer:
         """Apply ``grad`` [P], computed by worker ``rank`` on parameters of ``version``; False: stop."""
         if rank not in self.pushed_ranks:
             self.pushed_ranks.add(rank)
-            self.logger.info("first gradient from worker %d (%d workers heard from)", rank, len(self.pushed_ranks))
+            self.logger.info("first gradient from worker %d (%d workers heard from)%s", rank, len(self.pushed_ranks),
+                             f"; its train.rollout: {stats['rollout']}" if "rollout" in stats else "")
         if not self.stopping:
             learner = self.learner
             staleness = learner.updates - version
@@ -262,6 +264,7 @@ def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train
             shared.set(k, v)
 
     publish()
+    shared.set("free_mib", (free_memory(device) or 0) / 2**20)  # before any worker's first update: train.rollout auto
     for conn in conns.values():
         conn.send(("shared", shared))
     init_q.put("ready")

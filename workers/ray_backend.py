@@ -4,14 +4,16 @@ Same Algorithm 1 as the local transport (``workers.param_server.ParamServer`` an
 ``workers.worker.run_worker`` are shared), same checkpoints, TensorBoard and monitor:
 
 * ``ServerActor`` runs ``ParamServer`` on the launcher's node (checkpoints and TensorBoard land
-  in the run folder there), with the parameters on the CPU: they travel through the object store
-  as CPU tensors anyway. Its methods run one at a time, so pushes are applied in arrival order.
-  After each update it puts a copy of theta [P] in the object store once; every worker's pull
-  of that version reads the same object.
+  in the run folder there). With ``--device cuda`` theta and the Adam state live on a GPU of that
+  node (the server asks Ray for a tenth of one, ``gpu_plan``), else on the CPU; they travel
+  through the object store as CPU tensors either way. Its methods run one at a time, so pushes
+  are applied in arrival order. After each update it puts a CPU copy of theta [P] in the object
+  store once; every worker's pull of that version reads the same object.
 * ``WorkerActor`` runs ``run_worker`` with a ``RayLink``: ``push`` sends the gradient [P] and
   gets back the go-on flag and a reference to the latest theta, which the next ``pull`` reads
   (one round trip per update). Workers are spread over the cluster's nodes (``SPREAD``) and ask
-  for ``train.threads_per_worker`` CPUs each (and a share of the GPUs with ``--device cuda``).
+  for ``train.threads_per_worker`` CPUs each (and, with ``--device cuda``, an equal share of a
+  GPU: ``gpu_plan``), and run on CUDA there.
 * ``RayLauncher`` is the supervisor: the same methods as ``workers.launcher.Launcher``; a worker
   whose actor died (killed, its node lost, an exception) is replaced by a new actor.
 
@@ -23,6 +25,7 @@ to its Ray log (``/tmp/ray/session_latest/logs`` on that node) instead of ``RUN/
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import signal
@@ -43,6 +46,18 @@ from workers.worker import run_worker
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("a3c", "workers", "datasets")
 STATUS_TIMEOUT_S = 60.0
+SERVER_GPU_SHARE = 0.1  # of one GPU, for theta, Adam and the flat gradient (4 vectors of P floats)
+
+
+def gpu_plan(gpus_total: float, gpus_here: float, workers: int) -> tuple[float, float, int]:
+    """``--device cuda`` on Ray: (the server's share of a GPU, each worker's, workers per GPU).
+
+    The workers are spread evenly, ``ceil(workers / GPUs)`` to a GPU, sharing what the server
+    leaves of one; the server takes ``SERVER_GPU_SHARE`` of a GPU of the launcher's node, or none
+    (theta and Adam on the CPU) where that node has no GPU."""
+    per_gpu = math.ceil(workers / max(1, int(gpus_total)))
+    server = SERVER_GPU_SHARE if gpus_here > 0 else 0.0
+    return server, (1.0 - server) / per_gpu, per_gpu
 
 
 def actor_logger(name: str, log_dir: str) -> logging.Logger:
@@ -57,16 +72,18 @@ class ServerActor:
     """``ParamServer`` behind Ray methods: ``pull``, ``push``, ``status``, ``stop``, ``close``."""
 
     def __init__(self, log_dir: str, threads: int, cfg_dict: dict, image_channels: int, image_size: list,
-                 n_train: int, run_dir: str, resume: dict | None, preprocess: dict):
+                 n_train: int, run_dir: str, resume: dict | None, preprocess: dict, device_str: str = "cpu"):
         set_threads(threads)
         self.logger = actor_logger("server", log_dir)
         self.logger.info("started")
+        self.device = torch.device(device_str)
         try:
             self.server = ParamServer(self.logger, cfg_dict, image_channels, image_size, n_train, run_dir,
-                                      torch.device("cpu"), resume, preprocess, lambda n: torch.zeros(n))
+                                      self.device, resume, preprocess, lambda n: torch.zeros(n, device=self.device))
         except BaseException:
             self.logger.error("failed:\n%s", traceback.format_exc())
             raise
+        self.logger.info("theta and Adam on %s", self.server.theta.device)
         self.ref, self.ref_version = None, -1
 
     def latest(self) -> tuple[int, list]:
@@ -74,15 +91,15 @@ class ServerActor:
         import ray
 
         if self.ref_version != self.server.updates:
-            self.ref, self.ref_version = ray.put(self.server.theta.clone()), self.server.updates
+            self.ref, self.ref_version = ray.put(self.server.theta.to("cpu", copy=True)), self.server.updates
         return self.ref_version, [self.ref]
 
     def pull(self) -> tuple[int, list]:
         return self.latest()
 
     def push(self, rank: int, grad: torch.Tensor, version: int, n_images: int, stats: dict) -> tuple[bool, int, list]:
-        """Apply ``grad`` [P]; returns (go on, latest version, [ref of its theta])."""
-        go_on = self.server.push(rank, grad, version, n_images, stats)
+        """Apply ``grad`` [P] (a CPU tensor); returns (go on, latest version, [ref of its theta])."""
+        go_on = self.server.push(rank, grad.to(self.device), version, n_images, stats)
         self.server.tick()
         return (go_on, *self.latest())
 
@@ -115,6 +132,10 @@ class RayLink:
         out.copy_(ray.get(ref))
         return version
 
+    def free_bytes(self) -> None:
+        """Workers may sit on other nodes than the server: each reads its own device's free memory."""
+        return None
+
     def push(self, version: int, n_images: int, stats: dict) -> bool:
         import ray
 
@@ -138,10 +159,11 @@ class WorkerActor:
 
         return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
 
-    def run(self, cfg_dict: dict, store_path: str, image_channels: int, device_str: str, seed: int, server) -> int:
+    def run(self, cfg_dict: dict, store_path: str, image_channels: int, device_str: str, seed: int, server,
+            sharers: int = 1) -> int:
         try:
             pushed = run_worker(self.logger, self.rank, cfg_dict, store_path, image_channels, device_str, seed,
-                                lambda n_params, device: RayLink(server, self.rank, n_params, device))
+                                lambda n_params, device: RayLink(server, self.rank, n_params, device), sharers)
         except BaseException:
             self.logger.error("failed:\n%s", traceback.format_exc())
             raise
@@ -190,19 +212,25 @@ class RayLauncher(Launcher):
             signal.signal(signal.SIGTERM, on_sigterm)
         self.ray = ray
         self.worker_options = {"num_cpus": threads, "scheduling_strategy": "SPREAD"}
+        here = ray.get_runtime_context().get_node_id()
+        self.sharers = n  # no turns on Ray: every worker computes at once (train.rollout auto)
+        server_options, server_device = {}, "cpu"
         if self.device.type == "cuda":
             gpus = ray.cluster_resources().get("GPU", 0)
             if gpus <= 0:
                 raise RunError("--device cuda: the Ray cluster has no GPU")
-            self.worker_options["num_gpus"] = min(1.0, gpus / n)
-        here = ray.get_runtime_context().get_node_id()
+            gpus_here = next((node.get("Resources", {}).get("GPU", 0) for node in ray.nodes()
+                              if node.get("NodeID") == here), 0)
+            server_share, self.worker_options["num_gpus"], self.sharers = gpu_plan(gpus, gpus_here, n)
+            if server_share > 0:  # Ray hides the GPUs from an actor that asks for none
+                server_options, server_device = {"num_gpus": server_share}, str(self.device)
         c, h, w = self.store.image_shape
         size = [cfg.data.image_size] * 2 if cfg.data.image_size else [h, w]
         n_train = len(self.store.indices(cfg.data.train_split))
         self.server = ray.remote(ServerActor).options(
-            name="server", num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
-            self.log_dir, threads, cfg.to_dict(), c, size, n_train, str(self.run), self.resume,
-            preprocess_info(self.store))
+            name="server", num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+            **server_options).remote(self.log_dir, threads, cfg.to_dict(), c, size, n_train, str(self.run),
+                                     self.resume, preprocess_info(self.store), server_device)
         self.shared = SharedState.counters_only()
         try:
             self.copy_status(ray.get(self.server.status.remote(), timeout=STARTUP_TIMEOUT_S))
@@ -237,8 +265,8 @@ class RayLauncher(Launcher):
             rank, self.log_dir, max(1, self.cfg.train.threads_per_worker))
         self.actors[rank] = actor
         self.wheres[rank] = actor.where.remote()  # before run: an actor's calls are served in order
-        self.runs[rank] = actor.run.remote(self.cfg.to_dict(), self.cfg.data.path, self.store.image_shape[0],
-                                           str(self.device), seed, self.server)
+        self.runs[rank] = actor.run.remote(self.worker_cfg, self.cfg.data.path, self.store.image_shape[0],
+                                           str(self.device), seed, self.server, self.sharers)
 
     def write_placement(self) -> None:
         """``RUN/ray.json``: the cluster, the namespace, and each worker's actor name and node."""

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import torch
 
 STATUS = ("updates", "images", "epoch", "lr", "rejected", "done", "val_dice", "val_updates", "img_steps_per_s",
-          "workers_ready", "diverged")
+          "workers_ready", "diverged", "free_mib")
+# free_mib: the training device's free memory in MiB, read by the server just before it sends the state to the
+# workers (before any worker's first update), so that every worker's train.rollout auto budgets the same; 0 = unknown
 
 
 def status_index(name: str) -> int:

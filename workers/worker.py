@@ -21,6 +21,7 @@ import torch
 from a3c.augment import augment_batch
 from a3c.batch import prepare_batch
 from a3c.config import config_from_dict
+from a3c.memory import resolve_rollout
 from a3c.model import build_model, tune_for_training
 from a3c.params import bind_grads, bind_to_flat, numel
 from a3c.rollout import reference_update
@@ -40,8 +41,12 @@ def peak_memory(device: torch.device) -> str:
 
 
 def run_worker(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int, device_str: str,
-               seed: int, make_link) -> int:
-    """Train until the server says stop; ``make_link(n_params, device) -> Link``. Returns updates pushed."""
+               seed: int, make_link, sharers: int = 1) -> int:
+    """Train until the server says stop; ``make_link(n_params, device) -> Link``. Returns updates pushed.
+
+    ``train.rollout: auto`` is resolved on the first batch (``a3c.memory``), for ``sharers``
+    processes computing at once on this device's memory; the choice goes to the log and, with
+    the first push, to the server."""
     cfg = config_from_dict(cfg_dict)
     device = torch.device(device_str)
     torch.manual_seed(seed)
@@ -63,22 +68,27 @@ def run_worker(logger, rank: int, cfg_dict: dict, store_path: str, image_channel
         images, masks, _ = store.sample(cfg.data.train_split, cfg.train.batch_size, rng)
         images, masks = augment_batch(images, masks, cfg.data.augment, rng)
         x, g = prepare_batch(images, masks, device, cfg.data.image_size)
+        if cfg.train.rollout == "auto":
+            cfg.train.rollout, why = resolve_rollout(model, x, g, cfg, sharers, link.free_bytes())
+            logger.info("worker %d: train.rollout auto -> %s (%s)", rank, cfg.train.rollout, why)
         link.grad.zero_()  # the server has consumed it: it answered our last push
         stats = reference_update(model, x, g, cfg, gen)
         if fault_raise:
             raise RuntimeError(f"injected fault in worker {rank}")
         pushed += 1
+        info = stats.as_dict()
         if pushed == 1:  # the warm-up (CUDA context, kernels, autotuning) shows in the logs
             logger.info("worker %d: first gradient %.1f s after start", rank, time.monotonic() - started)
+            info["rollout"] = cfg.train.rollout
         if nan_every and pushed % nan_every == 0:
             link.grad[0] = float("nan")
-        if not link.push(version, stats.n_images, stats.as_dict()):
+        if not link.push(version, stats.n_images, info):
             logger.info("worker %d stopping after %d updates; %s", rank, pushed, peak_memory(device))
             return pushed
 
 
 def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int, conn, device_str: str,
-         seed: int) -> None:
+         seed: int, sharers: int = 1) -> None:
     """The local transport's worker process: the server's shared state arrives first on ``conn``,
     waited for only once the model is built (the worker starts beside the server, not after it).
     A closed pipe (the server died) ends it quietly."""
@@ -95,6 +105,6 @@ def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int
         return PipeLink(shared, rank, conn)
 
     try:
-        run_worker(logger, rank, cfg_dict, store_path, image_channels, device_str, seed, make_link)
+        run_worker(logger, rank, cfg_dict, store_path, image_channels, device_str, seed, make_link, sharers)
     except LinkClosed as exc:  # the server died: the launcher reports it, a traceback here would only add noise
         logger.warning("%s; exiting", exc)
