@@ -73,6 +73,7 @@ from workers.mps import (  # noqa: E402
     start_mps,
     stop_mps,
 )
+from workers.run import RunSpec, preprocess_info  # noqa: E402
 
 MAX_WORKERS = {"local": 256, "ray": 4096}
 FDS_PER_WORKER = 4  # the launcher's and the server's ends of each worker's pipe, its sentinel, spare
@@ -345,13 +346,17 @@ def main(argv: list[str] | None = None) -> int:
         prepare_run_dir(run, cfg, meta)
         print(f"run {run}: {args.workers} workers on {device}, data {data} "
               f"(train {len(store.indices(cfg.data.train_split))} slices), tensorboard --logdir {run}", file=sys.stderr)
+        active = active_workers(cfg.train.active_workers, args.workers, device, cfg.train.threads_per_worker)
         if device.type == "cpu" and args.backend == "local":
-            active = active_workers(cfg.train.active_workers, args.workers, device, cfg.train.threads_per_worker)
             warning = oversubscribed(args.workers, cfg.train.threads_per_worker, usable_cores(), active)
             if warning:
                 print(warning, file=sys.stderr)
         tuned = {"train": {"cudnn_benchmark": "true" if cudnn_on else "false"}} if device.type == "cuda" else {}
-        launcher = launcher_cls(args, cfg, store, run.resolve(), device, resume, tuned)
+        spec = RunSpec(cfg=cfg.to_dict(), store_path=cfg.data.path, image_shape=tuple(store.image_shape),
+                       n_train=len(store.indices(cfg.data.train_split)), preprocess=preprocess_info(store),
+                       run_dir=str(run.resolve()), device=str(device), workers=args.workers, active=active,
+                       start_updates=int(resume["counters"]["updates"]) if resume else 0, worker_overrides=tuned)
+        launcher = launcher_cls(args, spec, resume)
         launcher.start()
         t0 = time.monotonic()
         launcher.train()

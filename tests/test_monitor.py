@@ -12,6 +12,7 @@ from a3c.evaluate import mask_shares, policy_collapse, score_batch
 from a3c.model import build_model
 from a3c.params import numel
 from workers.monitor import watch
+from workers.run import RunSpec
 from workers.shared import SharedState
 
 SMOKE = "configs/smoke.yaml"
@@ -62,8 +63,10 @@ def test_monitor_warns_when_the_policy_keeps_every_pixel(tiny_store, tmp_path, c
     finish, stop = threading.Event(), threading.Event()
     finish.set()  # one look at the newest checkpoint, then return
     logger = logging.getLogger("test-monitor")
+    spec = RunSpec(cfg=cfg.to_dict(), store_path=str(tiny_store), image_shape=(1, 32, 32), n_train=16, preprocess={},
+                   run_dir=str(tmp_path), device="cpu", workers=1)
     with caplog.at_level(logging.INFO, logger="test-monitor"):
-        watch(logger, cfg.to_dict(), str(tiny_store), str(tmp_path), "cpu", SharedState.counters_only(), finish, stop)
+        watch(logger, spec, SharedState.counters_only(), finish, stop)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith("update 7: the policy keeps every pixel "
                                                          "(100.0% kept"), warnings

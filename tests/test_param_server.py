@@ -15,6 +15,7 @@ from a3c.config import load_config
 from a3c.evaluate import model_from_checkpoint
 from workers import param_server
 from workers.param_server import MAX_REJECTED_IN_A_ROW, ParamServer, Turns
+from workers.run import RunSpec
 
 SMOKE = "configs/smoke.yaml"
 STATS = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "reward": 0.0}
@@ -24,8 +25,9 @@ PRE = {"normalisation": "none", "converter": "test", "image_shape": [1, 32, 32]}
 def make_server(tmp_path, *overrides: str, resume: dict | None = None) -> ParamServer:
     """A server for 1-channel 32x32 images and 16 training slices, smoke config plus ``overrides``."""
     cfg = load_config(SMOKE, list(overrides))
-    return ParamServer(logging.getLogger("test-server"), cfg.to_dict(), 1, [32, 32], 16, str(tmp_path),
-                       torch.device("cpu"), resume, PRE, lambda n: torch.zeros(n))
+    spec = RunSpec(cfg=cfg.to_dict(), store_path="unused.h5", image_shape=(1, 32, 32), n_train=16, preprocess=PRE,
+                   run_dir=str(tmp_path), device="cpu", workers=2)
+    return ParamServer(logging.getLogger("test-server"), spec, resume, lambda n: torch.zeros(n))
 
 
 def latest(tmp_path) -> dict:

@@ -16,6 +16,7 @@ from a3c.model import build_model
 from a3c.params import numel
 from datasets.store import SliceStore
 from workers.link import LinkClosed
+from workers.run import RunSpec
 from workers.worker import run_worker
 
 SMOKE = "configs/smoke.yaml"
@@ -43,6 +44,12 @@ class FakeLink:
         return None
 
 
+def worker_spec(cfg, store) -> RunSpec:
+    """The run as a worker sees it: ``cfg`` on the CPU, one worker, the store at ``store``."""
+    return RunSpec(cfg=cfg.to_dict(), store_path=str(store), image_shape=(1, 32, 32), n_train=16, preprocess={},
+                   run_dir="unused", device="cpu", workers=1)
+
+
 def server_learner(cfg, n_train: int) -> Learner:
     """The server's side: the network built from ``train.seed``, theta [P] bound to it."""
     torch.manual_seed(cfg.train.seed)
@@ -64,8 +71,7 @@ def test_worker_of_rank_0_trains_as_the_single_process_reference(tiny_store):
         made.append(FakeLink(learner, 3))
         return made[0]
 
-    pushed = run_worker(logging.getLogger("test-worker"), 0, cfg.to_dict(), str(tiny_store), 1, "cpu",
-                        cfg.train.seed, make_link)
+    pushed = run_worker(logging.getLogger("test-worker"), worker_spec(cfg, tiny_store), 0, cfg.train.seed, make_link)
     link = made[0]
     assert pushed == 3 and [v for v, _, _ in link.pushes] == [0, 1, 2]  # pulled fresh each time: staleness 0
     assert all(n == cfg.train.batch_size for _, n, _ in link.pushes)
@@ -89,5 +95,5 @@ def test_worker_ends_when_the_link_closes(tiny_store):
             raise LinkClosed("worker 0: the server's pipe closed (EOFError)")
 
     with pytest.raises(LinkClosed):
-        run_worker(logging.getLogger("test-worker"), 0, cfg.to_dict(), str(tiny_store), 1, "cpu", 0,
+        run_worker(logging.getLogger("test-worker"), worker_spec(cfg, tiny_store), 0, 0,
                    lambda n, d: ClosingLink(learner, 1))

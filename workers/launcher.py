@@ -23,11 +23,10 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from a3c.config import Config
-from datasets.store import SliceStore
-from workers.common import active_workers, run_child, signals_blocked
+from workers.common import run_child, signals_blocked
 from workers.monitor import watch
-from workers.param_server import MAX_REJECTED_IN_A_ROW, serve
+from workers.param_server import MAX_REJECTED_IN_A_ROW, ServerEnds, serve
+from workers.run import RunSpec
 from workers.shared import SharedState
 from workers.worker import work
 
@@ -39,14 +38,6 @@ class RunError(RuntimeError):
     """A run that cannot go on; the message is printed as one line."""
 
 
-
-
-def preprocess_info(store: SliceStore) -> dict:
-    """What a checkpoint records of its training data, so new images can be prepared the same way."""
-    keep = ("normalisation", "converter", "arguments", "channel_names", "source", "schema_version")
-    info = {k: v for k, v in store.attrs.items() if k in keep and isinstance(v, (str, int, float, list))}
-    info["image_shape"] = list(store.image_shape)
-    return info
 
 
 def progress_postfix(status, workers: int) -> dict:
@@ -63,11 +54,6 @@ def progress_postfix(status, workers: int) -> dict:
     return post
 
 
-def with_overrides(cfg_dict: dict, overrides: dict) -> dict:
-    """``cfg_dict`` (``Config.to_dict()``) with ``{section: {key: value}}`` set over it; the input is unchanged."""
-    return {sec: {**vals, **overrides.get(sec, {})} for sec, vals in cfg_dict.items()}
-
-
 class Launcher:
     """Starts, watches and stops the children of one run.
 
@@ -75,21 +61,21 @@ class Launcher:
     this run's workers alone (``train.cudnn_benchmark`` under MPS); the server, and so every
     checkpoint, keeps the config as given."""
 
-    def __init__(self, args: argparse.Namespace, cfg: Config, store: SliceStore, run: Path,
-                 device: torch.device, resume: dict | None, worker_overrides: dict | None = None):
-        self.args, self.cfg, self.store, self.run, self.device, self.resume = args, cfg, store, run, device, resume
-        self.worker_cfg = with_overrides(cfg.to_dict(), worker_overrides or {})
+    def __init__(self, args: argparse.Namespace, spec: RunSpec, resume: dict | None):
+        self.args, self.spec, self.resume = args, spec, resume
+        self.cfg, self.run, self.device = spec.config(), Path(spec.run_dir), torch.device(spec.device)
+        self.worker_cfg = spec.worker_cfg
         # every worker shares the device's memory (train.rollout auto), also while it waits for its turn: the
         # allocators (CUDA's cache, glibc's heap) keep a process's peak memory after its update
-        self.sharers = args.workers
+        self.sharers = spec.workers
         self.ctx = mp.get_context("spawn")
-        self.log_dir = str(run / "logs")
+        self.log_dir = spec.log_dir
         self.workers: dict[int, mp.Process] = {}
         self.starts: dict[int, int] = {}
         self.restarts = 0
         self.server = self.monitor = None
         self.started = False  # True once the server, the workers and the monitor all run
-        self.start_updates = int(resume["counters"]["updates"]) if resume else 0
+        self.start_updates = spec.start_updates
 
     def _spawn(self, name: str, fn, threads: int, *args) -> mp.Process:
         p = self.ctx.Process(target=run_child, args=(name, fn, self.log_dir, threads, *args), name=name, daemon=False)
@@ -100,20 +86,14 @@ class Launcher:
     def start(self) -> None:
         """Server, workers and monitor start at once (their imports and set-up overlap); a worker
         waits for the server's shared state on its pipe, the monitor for the first checkpoint."""
-        n = self.args.workers
-        cfg = self.cfg
+        n = self.spec.workers
         pipes = {r: self.ctx.Pipe(duplex=True) for r in range(n)}
         self.ctrl, server_ctrl = self.ctx.Pipe(duplex=True)
         init_q = self.ctx.Queue()
         self.shared = SharedState.counters_only()
-        c, h, w = self.store.image_shape
-        size = [cfg.data.image_size] * 2 if cfg.data.image_size else [h, w]
-        n_train = len(self.store.indices(cfg.data.train_split))
-        self.server = self._spawn("server", serve, max(1, cfg.train.threads_per_worker), cfg.to_dict(), c, size,
-                                  n_train, str(self.run), str(self.device), n, {r: p[0] for r, p in pipes.items()},
-                                  server_ctrl, init_q, self.resume, preprocess_info(self.store), self.shared,
-                                  active_workers(cfg.train.active_workers, n, self.device,
-                                                 cfg.train.threads_per_worker))
+        ends = ServerEnds({r: p[0] for r, p in pipes.items()}, server_ctrl, init_q, self.shared)
+        self.server = self._spawn("server", serve, max(1, self.cfg.train.threads_per_worker), self.spec, self.resume,
+                                  ends)
         server_ctrl.close()
         for r, (_, wrk_end) in pipes.items():
             self._start_worker(r, wrk_end)
@@ -135,27 +115,24 @@ class Launcher:
 
     def start_monitor(self) -> None:
         """The monitor process, on this machine: it reads the checkpoints the server writes to the run folder."""
-        cfg = self.cfg
         self.finish, self.stop_monitor = self.ctx.Event(), self.ctx.Event()
-        self.monitor = self._spawn("monitor", watch, max(1, cfg.train.threads_per_worker), cfg.to_dict(),
-                                   str(self.store.path), str(self.run), str(self.device), self.shared,
-                                   self.finish, self.stop_monitor)
+        self.monitor = self._spawn("monitor", watch, max(1, self.cfg.train.threads_per_worker), self.spec,
+                                   self.shared, self.finish, self.stop_monitor)
 
     def refresh(self) -> None:
         """Bring ``self.shared``'s counters up to date (the local server writes them itself)."""
 
     def _start_worker(self, rank: int, conn) -> None:
         seed = self.next_seed(rank)
-        self.workers[rank] = self._spawn(f"worker{rank}", work, self.cfg.train.threads_per_worker, rank,
-                                         self.worker_cfg, str(self.store.path), self.store.image_shape[0],
-                                         conn, str(self.device), seed, self.sharers)
+        self.workers[rank] = self._spawn(f"worker{rank}", work, self.cfg.train.threads_per_worker, self.spec, rank,
+                                         seed, conn, self.sharers)
         conn.close()
 
     def next_seed(self, rank: int) -> int:
         """The seed of worker ``rank``'s next start: distinct per rank, per restart and per resume."""
         gen = self.starts.get(rank, 0)
         self.starts[rank] = gen + 1
-        return self.cfg.train.seed + rank + 1_000_003 * (gen + self.start_updates)
+        return self.spec.worker_seed(rank, gen)
 
     def last_error(self, name: str) -> str:
         err = Path(self.log_dir) / f"{name}.err"
@@ -198,7 +175,7 @@ class Launcher:
         if t.max_updates > 0:
             totals.append(t.max_updates)
         if t.epochs > 0:
-            totals.append(math.ceil(t.epochs * len(self.store.indices(self.cfg.data.train_split)) / t.batch_size))
+            totals.append(math.ceil(t.epochs * self.spec.n_train / t.batch_size))
         return min(totals) if totals else None
 
     def train(self) -> None:
@@ -212,7 +189,7 @@ class Launcher:
                 if self.shared.get("done"):
                     break
                 self.check_children()
-                bar.set_postfix(progress_postfix(self.shared, self.args.workers), refresh=False)
+                bar.set_postfix(progress_postfix(self.shared, self.spec.workers), refresh=False)
                 bar.update(int(self.shared.get("updates")) - bar.n)  # redraws at most every mininterval
                 time.sleep(0.5)
             self.refresh()

@@ -20,6 +20,7 @@ from a3c.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from a3c.evaluate import EvalResult, evaluate, example_grid, mask_shares, model_from_checkpoint, policy_collapse
 from a3c.fileio import write_json_atomic
 from datasets.store import SliceStore
+from workers.run import RunSpec
 from workers.shared import SharedState
 
 
@@ -37,15 +38,14 @@ def write_eval(writer: SummaryWriter, res: EvalResult, step: int, shares: tuple[
     writer.flush()
 
 
-def watch(logger, cfg_dict: dict, store_path: str, run_dir: str, device_str: str, shared: SharedState,
-          finish, stop) -> None:
-    from a3c.config import config_from_dict
-
-    cfg = config_from_dict(cfg_dict)
-    run = Path(run_dir)
+def watch(logger, spec: RunSpec, shared: SharedState, finish, stop) -> None:
+    """Evaluate each new checkpoint of the run ``spec`` (on ``spec.device``) until ``stop``, or until
+    ``finish`` and no newer checkpoint; ``shared`` gets the last validation Dice."""
+    cfg = spec.config()
+    run = Path(spec.run_dir)
     latest, best, best_json = (run / "checkpoints" / "latest.pt", run / "checkpoints" / "best.pt",
                                run / "checkpoints" / "best.json")
-    store = SliceStore(store_path)
+    store = SliceStore(spec.store_path)
     writer = SummaryWriter(str(run / "tb"))
     best_dice = json.loads(best_json.read_text())["dice"] if best_json.exists() else -1.0
     last_mtime, last_updates = None, -1
@@ -68,8 +68,8 @@ def watch(logger, cfg_dict: dict, store_path: str, run_dir: str, device_str: str
         if updates == last_updates:
             continue
         last_updates = updates
-        model, _, _ = model_from_checkpoint(ckpt, device_str)
-        res = evaluate(model, store.batches(cfg.data.val_split, cfg.eval.batch_size), cfg, device_str,
+        model, _, _ = model_from_checkpoint(ckpt, spec.device)
+        res = evaluate(model, store.batches(cfg.data.val_split, cfg.eval.batch_size), cfg, spec.device,
                        meta=store.meta, max_slices=cfg.eval.max_slices, keep_examples=cfg.eval.images)
         dice = res.summary["dice"]["mean"]
         shares = mask_shares(res.per_image)

@@ -8,28 +8,30 @@ stop request. ``serve`` is the local (``torch.multiprocessing``) transport aroun
 tensors (``workers.shared``) and one pipe per worker; the Ray transport is in
 ``workers.ray_backend``.
 
-``serve`` writes the counters the launcher made, sends the whole state to each worker over its
+``serve`` writes the counters the supervisor made, sends the whole state to each worker over its
 pipe, then waits on every worker's pipe and answers each push with ``"ok"`` (or ``"stop"`` once the
 budget is spent), holding an answer back while ``train.active_workers`` others compute
-(``Turns``). Control messages from the launcher: ``("add_worker", rank, conn)``, ``("stop",)``,
+(``Turns``). Control messages from the supervisor: ``("add_worker", rank, conn)``, ``("stop",)``,
 ``("exit",)``.
 """
 from __future__ import annotations
 
 import time
 from collections import deque
-from multiprocessing.connection import wait
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from a3c.checkpoint import TrainedOn, pixeldrl_checkpoint, save_checkpoint
-from a3c.config import config_from_dict
 from a3c.learner import Learner
 from a3c.memory import free_memory
 from a3c.model import build_model
 from a3c.params import numel
+from workers.run import RunSpec
 from workers.shared import SharedState
 
 LOG_INTERVAL_S = 2.0
@@ -82,23 +84,23 @@ def budget_spent(cfg, counters: dict) -> bool:
 class ParamServer:
     """Algorithm 1's shared side: theta, Adam, the LR schedule, checkpoints and training scalars.
 
-    ``make_theta(P)`` allocates the master vector [P] (shared memory for the local transport, a
-    plain tensor for Ray); ``before_write``/``after_write`` bracket every write of it (the local
-    transport's seqlock). ``push`` applies one gradient and says whether the worker goes on;
-    ``tick`` runs the log and checkpoint timers; ``status`` is what the launcher shows.
+    ``spec`` describes the run (the server's network and its device, ``spec.device``); ``resume``
+    is the checkpoint to continue from, or None. ``make_theta(P)`` allocates the master vector [P]
+    (shared memory for the local transport, a plain tensor for Ray); ``before_write`` and
+    ``after_write`` bracket every write of it (the local transport's seqlock). ``push`` applies one
+    gradient and says whether the worker goes on; ``tick`` runs the log and checkpoint timers;
+    ``status`` is what the supervisor shows.
     """
 
-    def __init__(self, logger, cfg_dict: dict, image_channels: int, image_size: list, n_train: int, run_dir: str,
-                 device: torch.device, resume: dict | None, preprocess: dict, make_theta,
-                 before_write=None, after_write=None):
-        self.logger, self.cfg = logger, config_from_dict(cfg_dict)
-        self.trained_on = TrainedOn(image_channels, list(image_size), preprocess)
-        self.run = Path(run_dir)
+    def __init__(self, logger, spec: RunSpec, resume: dict | None, make_theta, before_write=None, after_write=None):
+        self.logger, self.cfg = logger, spec.config()
+        self.trained_on = TrainedOn(spec.image_channels, spec.image_size, spec.preprocess)
+        self.run = Path(spec.run_dir)
         self.before_write, self.after_write = before_write, after_write
         torch.manual_seed(self.cfg.train.seed)
-        self.model = build_model(self.cfg.model, image_channels, self.cfg.env).to(device)
+        self.model = build_model(self.cfg.model, spec.image_channels, self.cfg.env).to(spec.device)
         self.theta = make_theta(numel(self.model))
-        self.learner = Learner(self.model, self.theta, self.cfg.optim, n_train)
+        self.learner = Learner(self.model, self.theta, self.cfg.optim, spec.n_train)
         if resume is not None:
             self.learner.load(resume)
             torch.set_rng_state(resume["rng"])
@@ -238,23 +240,31 @@ class Turns:
         return out
 
 
-def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train: int, run_dir: str,
-          device_str: str, slots: int, conns: dict, ctrl, init_q, resume: dict | None, preprocess: dict,
-          counters: SharedState, active: int = 0) -> None:
-    """The local transport: shared tensors, a pipe per worker, a control pipe from the launcher.
+@dataclass
+class ServerEnds:
+    """The local server's connections, made by the supervisor: ``workers`` (rank -> the server's end
+    of that worker's pipe), ``ctrl`` (its end of the control pipe), ``ready`` (a queue it puts
+    ``"ready"`` on once the workers have been sent the state) and ``counters`` (the supervisor's
+    ``seq`` and ``status``)."""
 
-    ``counters`` are the launcher's ``seq`` and ``status``; ``init_q`` gets ``"ready"`` once the
-    workers have been sent the state; at most ``active`` workers compute at once (``Turns``; 0 =
-    all)."""
-    device = torch.device(device_str)
+    workers: dict
+    ctrl: Connection
+    ready: Any
+    counters: SharedState
+
+
+def serve(logger, spec: RunSpec, resume: dict | None, ends: ServerEnds) -> None:
+    """The local transport: shared tensors, a pipe per worker, a control pipe from the supervisor;
+    at most ``spec.active`` workers compute at once (``Turns``; 0 = all)."""
+    conns, ctrl = ends.workers, ends.ctrl
+    device = torch.device(spec.device)
     holder: dict[str, SharedState] = {}
 
     def make_theta(n_params: int) -> torch.Tensor:
-        holder["shared"] = SharedState.allocate(n_params, slots, device, counters)
+        holder["shared"] = SharedState.allocate(n_params, spec.workers, device, ends.counters)
         return holder["shared"].theta
 
-    server = ParamServer(logger, cfg_dict, image_channels, image_size, n_train, run_dir, device, resume, preprocess,
-                         make_theta, before_write=lambda: holder["shared"].begin_write(),
+    server = ParamServer(logger, spec, resume, make_theta, before_write=lambda: holder["shared"].begin_write(),
                          after_write=lambda: holder["shared"].end_write())
     shared = holder["shared"]
     shared.seq.zero_()
@@ -267,7 +277,8 @@ def serve(logger, cfg_dict: dict, image_channels: int, image_size: list, n_train
     shared.set("free_mib", (free_memory(device) or 0) / 2**20)  # before any worker's first update: train.rollout auto
     for conn in conns.values():
         conn.send(("shared", shared))
-    init_q.put("ready")
+    ends.ready.put("ready")
+    active = spec.active
     turns = Turns(active, conns)
     if active:
         logger.info("at most %d of %d workers compute at once", active, len(conns))

@@ -24,6 +24,7 @@ to its Ray log (``/tmp/ray/session_latest/logs`` on that node) instead of ``RUN/
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -38,8 +39,9 @@ import torch
 
 from a3c.fileio import write_json_atomic
 from workers.common import set_threads, setup_logging
-from workers.launcher import STARTUP_TIMEOUT_S, STOP_GRACE_S, Launcher, RunError, preprocess_info
+from workers.launcher import STARTUP_TIMEOUT_S, STOP_GRACE_S, Launcher, RunError
 from workers.param_server import ParamServer
+from workers.run import RunSpec
 from workers.shared import SharedState
 from workers.worker import run_worker
 
@@ -71,15 +73,14 @@ def actor_logger(name: str, log_dir: str) -> logging.Logger:
 class ServerActor:
     """``ParamServer`` behind Ray methods: ``pull``, ``push``, ``status``, ``stop``, ``close``."""
 
-    def __init__(self, log_dir: str, threads: int, cfg_dict: dict, image_channels: int, image_size: list,
-                 n_train: int, run_dir: str, resume: dict | None, preprocess: dict, device_str: str = "cpu"):
-        set_threads(threads)
-        self.logger = actor_logger("server", log_dir)
+    def __init__(self, spec: RunSpec, resume: dict | None):
+        """``spec.device`` is the server's: theta and Adam live there (``gpu_plan``)."""
+        set_threads(max(1, spec.config().train.threads_per_worker))
+        self.logger = actor_logger("server", spec.log_dir)
         self.logger.info("started")
-        self.device = torch.device(device_str)
+        self.device = torch.device(spec.device)
         try:
-            self.server = ParamServer(self.logger, cfg_dict, image_channels, image_size, n_train, run_dir,
-                                      self.device, resume, preprocess, lambda n: torch.zeros(n, device=self.device))
+            self.server = ParamServer(self.logger, spec, resume, lambda n: torch.zeros(n, device=self.device))
         except BaseException:
             self.logger.error("failed:\n%s", traceback.format_exc())
             raise
@@ -159,10 +160,9 @@ class WorkerActor:
 
         return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
 
-    def run(self, cfg_dict: dict, store_path: str, image_channels: int, device_str: str, seed: int, server,
-            sharers: int = 1) -> int:
+    def run(self, spec: RunSpec, seed: int, server, sharers: int = 1) -> int:
         try:
-            pushed = run_worker(self.logger, self.rank, cfg_dict, store_path, image_channels, device_str, seed,
+            pushed = run_worker(self.logger, spec, self.rank, seed,
                                 lambda n_params, device: RayLink(server, self.rank, n_params, device), sharers)
         except BaseException:
             self.logger.error("failed:\n%s", traceback.format_exc())
@@ -190,7 +190,7 @@ class RayLauncher(Launcher):
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        cfg, n = self.cfg, self.args.workers
+        cfg, n = self.cfg, self.spec.workers
         threads = max(1, cfg.train.threads_per_worker)
         env = {k: v for k, v in os.environ.items() if k.startswith("PIXELDRL_")}
         runtime_env = {"py_modules": [str(ROOT / p) for p in PACKAGES], "env_vars": env}
@@ -224,13 +224,10 @@ class RayLauncher(Launcher):
             server_share, self.worker_options["num_gpus"], self.sharers = gpu_plan(gpus, gpus_here, n)
             if server_share > 0:  # Ray hides the GPUs from an actor that asks for none
                 server_options, server_device = {"num_gpus": server_share}, str(self.device)
-        c, h, w = self.store.image_shape
-        size = [cfg.data.image_size] * 2 if cfg.data.image_size else [h, w]
-        n_train = len(self.store.indices(cfg.data.train_split))
+        server_spec = dataclasses.replace(self.spec, device=server_device)
         self.server = ray.remote(ServerActor).options(
             name="server", num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
-            **server_options).remote(self.log_dir, threads, cfg.to_dict(), c, size, n_train, str(self.run),
-                                     self.resume, preprocess_info(self.store), server_device)
+            **server_options).remote(server_spec, self.resume)
         self.shared = SharedState.counters_only()
         try:
             self.copy_status(ray.get(self.server.status.remote(), timeout=STARTUP_TIMEOUT_S))
@@ -265,8 +262,7 @@ class RayLauncher(Launcher):
             rank, self.log_dir, max(1, self.cfg.train.threads_per_worker))
         self.actors[rank] = actor
         self.wheres[rank] = actor.where.remote()  # before run: an actor's calls are served in order
-        self.runs[rank] = actor.run.remote(self.worker_cfg, self.cfg.data.path, self.store.image_shape[0],
-                                           str(self.device), seed, self.server, self.sharers)
+        self.runs[rank] = actor.run.remote(self.spec, seed, self.server, self.sharers)
 
     def write_placement(self) -> None:
         """``RUN/ray.json``: the cluster, the namespace, and each worker's actor name and node."""

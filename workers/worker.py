@@ -27,6 +27,7 @@ from a3c.params import bind_grads, bind_to_flat, numel
 from a3c.rollout import reference_update
 from datasets.store import SliceStore
 from workers.link import Link, LinkClosed, PipeLink
+from workers.run import RunSpec
 from workers.shared import SharedState
 
 
@@ -40,18 +41,19 @@ def peak_memory(device: torch.device) -> str:
     return out
 
 
-def run_worker(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int, device_str: str,
-               seed: int, make_link, sharers: int = 1) -> int:
-    """Train until the server says stop; ``make_link(n_params, device) -> Link``. Returns updates pushed.
+def run_worker(logger, spec: RunSpec, rank: int, seed: int, make_link, sharers: int = 1) -> int:
+    """Worker ``rank`` of the run ``spec`` trains until the server says stop; ``make_link(n_params,
+    device) -> Link``. Returns updates pushed.
 
+    It trains with ``spec.worker_cfg`` on ``spec.device``, its random streams seeded with ``seed``.
     ``train.rollout: auto`` is resolved on the first batch (``a3c.memory``), for ``sharers``
     processes computing at once on this device's memory; the choice goes to the log and, with
     the first push, to the server."""
-    cfg = config_from_dict(cfg_dict)
-    device = torch.device(device_str)
+    cfg = config_from_dict(spec.worker_cfg)
+    device = torch.device(spec.device)
     torch.manual_seed(seed)
-    store = SliceStore(store_path)
-    model = tune_for_training(build_model(cfg.model, image_channels, cfg.env).to(device), device, cfg.train)
+    store = SliceStore(spec.store_path)
+    model = tune_for_training(build_model(cfg.model, spec.image_channels, cfg.env).to(device), device, cfg.train)
     link: Link = make_link(numel(model), device)
     local = torch.empty(numel(model), device=device)
     bind_to_flat(model, local)
@@ -87,8 +89,7 @@ def run_worker(logger, rank: int, cfg_dict: dict, store_path: str, image_channel
             return pushed
 
 
-def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int, conn, device_str: str,
-         seed: int, sharers: int = 1) -> None:
+def work(logger, spec: RunSpec, rank: int, seed: int, conn, sharers: int = 1) -> None:
     """The local transport's worker process: the server's shared state arrives first on ``conn``,
     waited for only once the model is built (the worker starts beside the server, not after it).
     A closed pipe (the server died) ends it quietly."""
@@ -105,6 +106,6 @@ def work(logger, rank: int, cfg_dict: dict, store_path: str, image_channels: int
         return PipeLink(shared, rank, conn)
 
     try:
-        run_worker(logger, rank, cfg_dict, store_path, image_channels, device_str, seed, make_link, sharers)
-    except LinkClosed as exc:  # the server died: the launcher reports it, a traceback here would only add noise
+        run_worker(logger, spec, rank, seed, make_link, sharers)
+    except LinkClosed as exc:  # the server died: the supervisor reports it, a traceback here would only add noise
         logger.warning("%s; exiting", exc)
