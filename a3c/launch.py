@@ -4,16 +4,19 @@
                          [--device auto|cpu|cuda] [--resume] [--backend local|ray]
                          [--ray-address ADDR] [--mps | --no-mps] [section.key=value ...]
 
-Process topology (``--backend local``: processes started with ``spawn`` on this machine;
-``--backend ray``: the server and the workers are Ray actors, see ``workers.ray_backend``)::
+Process topology (``--backend local``: processes started with ``spawn`` on this machine,
+``workers.local_backend``; ``--backend ray``: the server and the workers are Ray actors,
+``workers.ray_backend``)::
 
     launch --> param server (theta, Adam, LR schedule, checkpoints, training scalars)
            --> worker 0..N-1 (pull theta, roll out t_max steps, push the gradient)
            --> monitor (evaluates checkpoints on the validation split, keeps best.pt)
 
-The launcher watches its children: a dead worker is replaced (up to ``train.max_worker_restarts``
-in all), a dead server or monitor ends the run with an error, Ctrl-C stops the run with a final
-checkpoint. At the end it evaluates ``best.pt`` on the test split and prints the metrics.
+The launcher describes the run once (``workers.run.RunSpec``) and hands it to the backend's
+supervisor (``workers.supervisor``), which watches the children: a dead worker is replaced (up
+to ``train.max_worker_restarts`` in all), a dead server or monitor ends the run with an error,
+Ctrl-C stops the run with a final checkpoint. At the end the launcher evaluates ``best.pt`` on
+the test split and prints the metrics.
 With several CUDA workers on one GPU it starts a private MPS daemon for the run where it can
 (``workers.mps.plan_mps``; ``--no-mps`` to go without) and then turns cuDNN autotuning on
 (``train.cudnn_benchmark: auto``); on CUDA it says what it chose, and why, in one line.
@@ -62,7 +65,7 @@ from a3c.fileio import write_json_atomic  # noqa: E402
 from a3c.model import build_model  # noqa: E402
 from datasets.store import SliceStore, StoreError  # noqa: E402
 from workers.common import active_workers, usable_cores  # noqa: E402
-from workers.launcher import Launcher, RunError  # noqa: E402
+from workers.local_backend import LocalSupervisor  # noqa: E402
 from workers.mps import (  # noqa: E402
     CONTROL,
     MPSError,
@@ -74,6 +77,7 @@ from workers.mps import (  # noqa: E402
     stop_mps,
 )
 from workers.run import RunSpec, preprocess_info  # noqa: E402
+from workers.supervisor import RunError, Supervisor  # noqa: E402
 
 MAX_WORKERS = {"local": 256, "ray": 4096}
 FDS_PER_WORKER = 4  # the launcher's and the server's ends of each worker's pipe, its sentinel, spare
@@ -158,17 +162,22 @@ def check_workers(workers: int, backend: str) -> None:
                              f"(raise it with ulimit -n, or use fewer workers)")
 
 
-def launcher_class(backend: str) -> type[Launcher]:
-    """The supervisor of ``backend``; Ray is imported only when asked for."""
-    if backend == "local":
-        return Launcher
+def check_backend(backend: str) -> None:
+    """UsageError where ``backend`` needs what is not installed (Ray)."""
     import importlib.util
 
-    if importlib.util.find_spec("ray") is None:
+    if backend == "ray" and importlib.util.find_spec("ray") is None:
         raise UsageError("--backend ray needs Ray, which is not installed: pip install -r requirements-ray.txt")
-    from workers.ray_backend import RayLauncher
 
-    return RayLauncher
+
+def make_supervisor(args: argparse.Namespace, spec: RunSpec, resume: dict | None) -> Supervisor:
+    """The supervisor of ``--backend`` for the run ``spec``; Ray is imported only when asked for."""
+    progress = not args.no_progress
+    if args.backend == "local":
+        return LocalSupervisor(spec, resume, progress)
+    from workers.ray_backend import RaySupervisor
+
+    return RaySupervisor(spec, resume, progress, address=args.ray_address)
 
 
 def resolve(args: argparse.Namespace) -> tuple[Config, dict | None, Path]:
@@ -237,12 +246,12 @@ def prepare_run_dir(run: Path, cfg: Config, meta: dict) -> None:
             raise UsageError(f"--run-dir {run}: cannot write {name} ({exc.strerror or exc})") from None
 
 
-def stop_run(launcher: Launcher | None) -> None:
+def stop_run(supervisor: Supervisor | None) -> None:
     """Stop a started run with the server's final checkpoint (when it still runs); a second Ctrl-C or
     SIGTERM meanwhile is ignored (the stop takes a few seconds)."""
     ignore_stop_signals()
-    if launcher is not None and launcher.started:
-        launcher.stop_with_checkpoint()
+    if supervisor is not None and supervisor.started:
+        supervisor.stop_with_checkpoint()
 
 
 def oversubscribed(workers: int, threads: int, cores: int, active: int) -> str | None:
@@ -306,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     # process started in the background of a non-interactive shell inherits it as ignored.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    launcher = mps = None
+    supervisor = mps = None
     try:
         check_workers(args.workers, args.backend)
         cfg, resume, run = resolve(args)
@@ -326,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             mps = None
         if device.type == "cuda" and mps is None:
             print(gpu_settings_line(plan, False, cfg.train.cudnn_benchmark, cudnn_on), file=sys.stderr)
-        launcher_cls = launcher_class(args.backend)
+        check_backend(args.backend)
         data = args.data or cfg.data.path or str(default_store(cfg))
         store = SliceStore(data)
         cfg.data.path = str(Path(data).resolve())
@@ -356,28 +365,28 @@ def main(argv: list[str] | None = None) -> int:
                        n_train=len(store.indices(cfg.data.train_split)), preprocess=preprocess_info(store),
                        run_dir=str(run.resolve()), device=str(device), workers=args.workers, active=active,
                        start_updates=int(resume["counters"]["updates"]) if resume else 0, worker_overrides=tuned)
-        launcher = launcher_cls(args, spec, resume)
-        launcher.start()
+        supervisor = make_supervisor(args, spec, resume)
+        supervisor.start()
         t0 = time.monotonic()
-        launcher.train()
-        launcher.wind_down(evaluate_last=True)
+        supervisor.train()
+        supervisor.wind_down(evaluate_last=True)
         wall = time.monotonic() - t0
         return report(run, store, cfg, device, wall)
     except KeyboardInterrupt:
-        started = launcher is not None and launcher.started
+        started = supervisor is not None and supervisor.started
         print(f"\ninterrupted: {'writing a final checkpoint and stopping' if started else 'stopping'}", file=sys.stderr)
-        stop_run(launcher)
+        stop_run(supervisor)
         return 130
     except (ConfigError, StoreError, CheckpointError, UsageError, MPSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunError as exc:
-        stop_run(launcher)
+        stop_run(supervisor)
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     finally:
-        if launcher is not None:
-            launcher.kill_all()
+        if supervisor is not None:
+            supervisor.kill_all()
         if mps is not None:
             print(stop_mps(mps, run / "logs" / "mps"), file=sys.stderr)
 

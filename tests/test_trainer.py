@@ -310,7 +310,7 @@ def test_launch_bad_input_is_one_line_exit_2(tiny_store, extra, message):
 
 
 def test_progress_bar_shows_warm_up_until_every_worker_has_pushed():
-    from workers.launcher import progress_postfix
+    from workers.supervisor import progress_postfix
 
     status = {"epoch": 0.0, "img_steps_per_s": 0.0, "workers_ready": 0, "val_updates": 0, "val_dice": 0.0}
     assert progress_postfix(status, 8) == {"epoch": "0.00", "img-steps/s": "0.0", "warm-up": "0/8 workers"}

@@ -14,8 +14,9 @@ Same Algorithm 1 as the local transport (``workers.param_server.ParamServer`` an
   (one round trip per update). Workers are spread over the cluster's nodes (``SPREAD``) and ask
   for ``train.threads_per_worker`` CPUs each (and, with ``--device cuda``, an equal share of a
   GPU: ``gpu_plan``), and run on CUDA there.
-* ``RayLauncher`` is the supervisor: the same methods as ``workers.launcher.Launcher``; a worker
-  whose actor died (killed, its node lost, an exception) is replaced by a new actor.
+* ``RaySupervisor`` is the supervisor (``workers.supervisor.Supervisor``, the pair of
+  ``workers.local_backend.LocalSupervisor``): a worker whose actor died (killed, its node lost,
+  an exception) is replaced by a new actor.
 
 Every node needs the project's Python packages (torch, h5py, ...) installed and must see the
 HDF5 store at the path given to ``--data``; the project's own code is shipped to the nodes by
@@ -39,10 +40,9 @@ import torch
 
 from a3c.fileio import write_json_atomic
 from workers.common import set_threads, setup_logging
-from workers.launcher import STARTUP_TIMEOUT_S, STOP_GRACE_S, Launcher, RunError
 from workers.param_server import ParamServer
 from workers.run import RunSpec
-from workers.shared import SharedState
+from workers.supervisor import STARTUP_TIMEOUT_S, STOP_GRACE_S, RunError, Supervisor
 from workers.worker import run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,8 +183,18 @@ def error_line(exc: BaseException) -> str:
     return line[:300]
 
 
-class RayLauncher(Launcher):
-    """The supervisor of a run on Ray: a local instance, or a running cluster at ``--ray-address``."""
+class RaySupervisor(Supervisor):
+    """The supervisor of a run on Ray: a local instance, or the running cluster at ``address``
+    (``--ray-address``)."""
+
+    def __init__(self, spec: RunSpec, resume: dict | None, progress: bool = True, address: str | None = None):
+        super().__init__(spec, resume, progress)
+        self.address = address
+        self.ray = None
+        self.actors: dict = {}
+        self.wheres: dict = {}
+        self.runs: dict = {}
+        self.places: dict = {}
 
     def start(self) -> None:
         import ray
@@ -197,7 +207,7 @@ class RayLauncher(Launcher):
         self.namespace = f"pixeldrl-{uuid.uuid4().hex[:12]}"
         init = {"namespace": self.namespace, "runtime_env": runtime_env, "log_to_driver": False,
                 "logging_level": logging.WARNING, "configure_logging": True}
-        address = self.args.ray_address
+        address = self.address
         on_sigterm = signal.getsignal(signal.SIGTERM)  # ray.init puts its own, which kills this process outright
         try:
             if address:
@@ -215,7 +225,7 @@ class RayLauncher(Launcher):
         here = ray.get_runtime_context().get_node_id()
         self.sharers = n  # no turns on Ray: every worker computes at once (train.rollout auto)
         server_options, server_device = {}, "cpu"
-        if self.device.type == "cuda":
+        if self.spec.device.startswith("cuda"):
             gpus = ray.cluster_resources().get("GPU", 0)
             if gpus <= 0:
                 raise RunError("--device cuda: the Ray cluster has no GPU")
@@ -223,12 +233,11 @@ class RayLauncher(Launcher):
                               if node.get("NodeID") == here), 0)
             server_share, self.worker_options["num_gpus"], self.sharers = gpu_plan(gpus, gpus_here, n)
             if server_share > 0:  # Ray hides the GPUs from an actor that asks for none
-                server_options, server_device = {"num_gpus": server_share}, str(self.device)
+                server_options, server_device = {"num_gpus": server_share}, self.spec.device
         server_spec = dataclasses.replace(self.spec, device=server_device)
         self.server = ray.remote(ServerActor).options(
             name="server", num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
             **server_options).remote(server_spec, self.resume)
-        self.shared = SharedState.counters_only()
         try:
             self.copy_status(ray.get(self.server.status.remote(), timeout=STARTUP_TIMEOUT_S))
         except ray.exceptions.GetTimeoutError:
@@ -236,7 +245,6 @@ class RayLauncher(Launcher):
                            f"(see {self.log_dir}/server.log)") from None
         except ray.exceptions.RayError as exc:
             raise RunError(f"the parameter server failed to start: {error_line(exc)}") from None
-        self.actors, self.wheres, self.runs, self.places = {}, {}, {}, {}
         for rank in range(n):
             self.start_worker(rank)
         try:
@@ -277,6 +285,7 @@ class RayLauncher(Launcher):
             self.shared.set(k, v)
 
     def refresh(self) -> None:
+        """The server actor's counters into ``self.shared``; RunError when it is gone or does not answer."""
         ray = self.ray
         try:
             self.copy_status(ray.get(self.server.status.remote(), timeout=STATUS_TIMEOUT_S))
@@ -285,35 +294,38 @@ class RayLauncher(Launcher):
         except ray.exceptions.RayError as exc:
             raise RunError(f"the parameter server died: {error_line(exc)}") from None
 
-    def check_children(self) -> None:
-        """Replace workers whose actor ended before the server said stop."""
+    def ended_workers(self) -> list[tuple[int, str, str]]:
+        """Workers whose actor ended before the server said stop (one told to stop returns normally)."""
         ray = self.ray
-        self.check_monitor()
-        if self.shared.get("done"):
-            return
         finished, _ = ray.wait(list(self.runs.values()), num_returns=len(self.runs), timeout=0)
+        out = []
         for ref in finished:
             rank = next(r for r, x in self.runs.items() if x == ref)
             try:
                 ray.get(ref)
                 continue  # it was told to stop: the budget is spent
             except ray.exceptions.ActorDiedError as exc:
-                why, error = "its Ray actor died", error_line(exc)
+                out.append((rank, "its Ray actor died", error_line(exc)))
             except ray.exceptions.RayError as exc:
-                why, error = "it raised", error_line(exc)
-            self.count_restart(rank, why, error)
-            self.ray.kill(self.actors[rank])
-            self.start_worker(rank)
-            try:
-                self.places[rank] = ray.get(self.wheres[rank], timeout=STARTUP_TIMEOUT_S)
-            except ray.exceptions.RayError:
-                self.places.pop(rank, None)
-            self.write_placement()
+                out.append((rank, "it raised", error_line(exc)))
+        return out
 
-    def wind_down(self, evaluate_last: bool) -> None:
+    def restart_worker(self, rank: int) -> None:
+        """A new actor for ``rank`` (the old one killed), and its place in ``RUN/ray.json``."""
+        ray = self.ray
+        ray.kill(self.actors[rank])
+        self.start_worker(rank)
+        try:
+            self.places[rank] = ray.get(self.wheres[rank], timeout=STARTUP_TIMEOUT_S)
+        except ray.exceptions.RayError:
+            self.places.pop(rank, None)
+        self.write_placement()
+
+    def end_training(self, evaluate_last: bool) -> None:
+        """At the end of a budget the workers have a few seconds to take the server's stop; then
+        every actor is killed and the server closed."""
         ray = self.ray
         if evaluate_last:
-            self.finish.set()  # as in the local launcher: the last evaluation overlaps the shutdown
             ray.wait(list(self.runs.values()), num_returns=len(self.runs), timeout=STOP_GRACE_S)
         for actor in self.actors.values():
             ray.kill(actor)
@@ -321,27 +333,22 @@ class RayLauncher(Launcher):
             ray.get(self.server.close.remote(), timeout=STOP_GRACE_S if evaluate_last else 2.0)
         except ray.exceptions.RayError:
             pass
-        self.end_monitor(evaluate_last)
 
     def request_stop(self) -> None:
+        """Ask the server actor for a final checkpoint; a dead one is no error here."""
         try:
             self.copy_status(self.ray.get(self.server.stop.remote(), timeout=STOP_GRACE_S))
         except self.ray.exceptions.RayError:
             pass
 
-    def stop_with_checkpoint(self) -> None:
-        """As the local launcher's: ``request_stop`` already tolerates a dead server actor."""
-        self.request_stop()
-        self.wind_down(evaluate_last=False)
-
     def kill_all(self) -> None:
-        ray = getattr(self, "ray", None)
+        ray = self.ray
         if self.monitor is not None and self.monitor.is_alive():
             self.monitor.kill()  # it ignores SIGTERM (workers.common)
             self.monitor.join(1.0)
         if ray is None:
             return
-        for actor in [*getattr(self, "actors", {}).values(), self.server]:
+        for actor in [*self.actors.values(), self.server]:
             if actor is not None:
                 try:
                     ray.kill(actor)
