@@ -135,6 +135,7 @@ def test_cuda_update_syncs_with_the_host_once_whatever_t_max(mode):
 
 
 @needs_cuda
+@pytest.mark.slow
 def test_cuda_trainer_learns_and_evaluates(tmp_path):
     """Two CUDA workers and the server share theta and the gradient slots by CUDA IPC; the run must learn."""
     from tests.test_learning import make_blob_store

@@ -255,6 +255,7 @@ def test_a_cpu_run_says_nothing_about_mps(fake, tmp_path, device):
     assert "MPS" not in res.stderr and not fake.exists()
 
 
+@pytest.mark.slow
 def test_bench_passes_mps_to_the_launcher_before_the_overrides(tmp_path):
     """The launcher's own check answers (not argparse's "unrecognized arguments" for a flag among overrides)."""
     res = run_module(["bench/throughput.py", "--mps", "--modes", "async", "--workers", "1", "--updates", "2",

@@ -55,6 +55,7 @@ needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
 
 
 @needs_ray
+@pytest.mark.slow
 def test_ray_local_instance_trains_two_workers(tiny_store, tmp_path):
     run = tmp_path / "run"
     res = run_module(ray_args(tiny_store, run, 2, "train.max_updates=12"), timeout=240)
@@ -116,6 +117,7 @@ def test_ray_cuda_trains_until_the_first_validation(tiny_store, tmp_path):
 
 
 @needs_ray
+@pytest.mark.slow
 def test_ray_worker_raising_repeatedly_stops_the_run_with_its_error(tiny_store, tmp_path):
     run = tmp_path / "run"
     res = run_module(ray_args(tiny_store, run, 2, "train.max_updates=1000", "train.max_worker_restarts=2"),
@@ -127,6 +129,7 @@ def test_ray_worker_raising_repeatedly_stops_the_run_with_its_error(tiny_store, 
 
 
 @needs_ray
+@pytest.mark.slow
 def test_ray_sigterm_to_the_launcher_writes_the_final_checkpoint(tiny_store, tmp_path):
     """ray.init installs a SIGTERM handler that kills the driver outright; the launcher puts its own
     back, so SIGTERM (a scheduler's stop) ends a Ray run in order, as on the local backend."""
@@ -188,6 +191,7 @@ def cluster(tmp_path_factory):
 
 
 @needs_ray
+@pytest.mark.slow
 def test_ray_cluster_places_workers_on_the_second_node(cluster, tiny_store, tmp_path):
     run = tmp_path / "run"
     res = run_module(ray_args(tiny_store, run, 2, "--ray-address", cluster["address"], "train.max_updates=10"),
@@ -201,6 +205,7 @@ def test_ray_cluster_places_workers_on_the_second_node(cluster, tiny_store, tmp_
 
 
 @needs_ray
+@pytest.mark.slow
 def test_ray_killed_worker_actor_is_replaced_and_run_completes(cluster, tiny_store, tmp_path):
     run = tmp_path / "run"
     total = 300
