@@ -139,9 +139,11 @@ def test_ray_sigterm_to_the_launcher_writes_the_final_checkpoint(tiny_store, tmp
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        latest = run / "checkpoints" / "latest.pt"
-        wait_for(lambda: proc.poll() is not None or (latest.exists() and updates_in(latest) > 0), timeout=180,
-                 what="a Ray run with a checkpoint")
+        latest, monitor = run / "checkpoints" / "latest.pt", run / "logs" / "monitor.log"
+        # the monitor starts last: before that, a slow worker's placement may still hold up the start
+        # (a run stopped while it starts writes no final checkpoint)
+        wait_for(lambda: proc.poll() is not None or (monitor.exists() and latest.exists() and updates_in(latest) > 0),
+                 timeout=180, what="a started Ray run with a checkpoint")
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
