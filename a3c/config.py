@@ -112,13 +112,13 @@ class TrainConfig:
     checkpoint_interval_s: float = _f(60.0, "seconds between periodic checkpoints")
     max_worker_restarts: int = _f(5, "stop the run when workers have failed this many times in all")
     amp: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU)")
-    channels_last: bool = _f(True, "NHWC activations: cuDNN's fast layout for bf16 convolutions on CUDA, and 1.2x "
-                             "faster updates on CPU (docs/PERFORMANCE.md)")
-    cudnn_benchmark: str = _f("auto", "let cuDNN time its algorithms per shape on CUDA: 2.07x for 8 workers under "
-                              "MPS on an H200 (docs/PERFORMANCE.md); auto: on where the launcher runs its private MPS "
-                              "daemon, off otherwise; true/false: always/never")
-    compile: bool = _f(False, "torch.compile the network in every worker: a slower start (about 50 s per worker on "
-                       "CPU for the default net), faster updates after it (docs/PERFORMANCE.md)")
+    channels_last: bool = _f(True, "NHWC activations: cuDNN's fast layout for bf16 convolutions on CUDA, and faster "
+                             "updates on CPU too (docs/PERFORMANCE.md)")
+    cudnn_benchmark: str = _f("auto", "let cuDNN time its algorithms per shape on CUDA (fastest under MPS, "
+                              "docs/PERFORMANCE.md); auto: on where the launcher runs its private MPS daemon, off "
+                              "otherwise; true/false: always/never")
+    compile: bool = _f(False, "torch.compile the network in every worker: a slower start, faster updates after "
+                       "it (docs/PERFORMANCE.md)")
 
 
 @dataclass

@@ -151,7 +151,7 @@ def stop_mps(mps: PrivateMPS, keep_logs: Path | None = None) -> str:
     The quit is sent by a detached shell that then removes the temporary folder: the daemon's
     ``quit`` waits for every client to leave, and this process is one (it touched CUDA under the
     daemon, for the test-set evaluation at least), so waiting for it here would wait for ever
-    (seen on an H200: "Server will not shutdown" until the control program's time limit).
+    (the daemon logs "Server will not shutdown" until the control program's time limit).
     """
     try:
         servers = mps.control("get_server_list").stdout.split()
