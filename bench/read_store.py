@@ -16,15 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-if __package__ in (None, ""):  # run as a script (python bench/read_store.py): make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets.store import SliceStore
 from datasets.writer import StoreWriter

@@ -41,9 +41,6 @@ from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):  # run as a script (python bench/throughput.py): make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from a3c.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent

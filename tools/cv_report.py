@@ -34,9 +34,6 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script (python tools/cv_report.py): make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from a3c.evaluate import mask_shares, policy_collapse
 from a3c.stats import bootstrap_ci, wilcoxon_signed_rank
 

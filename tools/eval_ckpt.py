@@ -26,9 +26,6 @@ from typing import Sequence
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script (python tools/eval_ckpt.py): make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from a3c.cli import UsageError, non_negative_int, one_line, positive_int, resolve_device
 from a3c.fileio import TargetError, interrupt_status, probe_writable, sigterm_as_interrupt, write_json_atomic
 from a3c.metrics import METRIC_KEYS

@@ -57,9 +57,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script (python tools/reproduce.py): make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from a3c.cli import UsageError, one_line, positive_float, positive_int
 from a3c.config import ConfigError, load_config
 from a3c.fileio import write_atomic, write_bytes_atomic, write_json_atomic

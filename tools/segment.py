@@ -51,9 +51,6 @@ from typing import Sequence
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script (python tools/segment.py): make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from a3c.cli import UsageError, one_line, positive_int, resolve_device
 from a3c.fileio import (
     interrupt_status,
