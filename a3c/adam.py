@@ -14,17 +14,28 @@ checkpoints written before this module existed still resume, and the other way r
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 
+@dataclass(frozen=True)
+class AdamHyper:
+    """Adam's hyper-parameters for one step, named and defaulted as ``torch.optim.Adam``'s."""
+
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
 def adam_step(theta: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int,
-              lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
+              hyper: AdamHyper) -> None:
     """One Adam step in place. ``theta``, ``grad``, ``exp_avg``, ``exp_avg_sq``: [P]; ``step``: 1 for the first.
 
     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
     theta <- theta - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
     """
+    lr, (beta1, beta2), eps = hyper.lr, hyper.betas, hyper.eps
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** step)).add_(eps)
@@ -51,8 +62,8 @@ class FlatAdam:
     def step(self, grad: torch.Tensor, lr: float | None = None) -> None:
         """Apply ``grad`` [P] to ``theta`` in place, at ``lr`` (default: the constructor's)."""
         self.steps += 1
-        adam_step(self.theta, grad, self.exp_avg, self.exp_avg_sq, self.steps, self.lr if lr is None else lr,
-                  self.betas[0], self.betas[1], self.eps)
+        hyper = AdamHyper(self.lr if lr is None else lr, self.betas, self.eps)
+        adam_step(self.theta, grad, self.exp_avg, self.exp_avg_sq, self.steps, hyper)
 
     def _split(self, flat: torch.Tensor) -> list[torch.Tensor]:
         out, offset = [], 0

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from a3c.adam import FlatAdam, adam_step
+from a3c.adam import AdamHyper, FlatAdam, adam_step
 from a3c.params import bind_to_flat, numel
 
 
@@ -14,7 +14,7 @@ def test_first_step_by_hand():
     theta = torch.tensor([1.0, -2.0, 0.5])
     g = torch.tensor([4.0, -0.5, 0.0])
     m, v = torch.zeros(3), torch.zeros(3)
-    adam_step(theta, g, m, v, step=1, lr=0.1, eps=1e-8)
+    adam_step(theta, g, m, v, 1, AdamHyper(lr=0.1, eps=1e-8))
     assert m.tolist() == pytest.approx([0.4, -0.05, 0.0])
     assert v.tolist() == pytest.approx([0.016, 0.00025, 0.0])
     assert theta.tolist() == pytest.approx([1.0 - 0.1 * 4 / (4 + 1e-8), -2.0 + 0.1 * 0.5 / (0.5 + 1e-8), 0.5])
@@ -25,9 +25,9 @@ def test_second_step_by_hand():
     # m_hat = 0.39 / 0.19, v_hat = 0.009999 / (1 - 0.999^2).
     theta, m, v = (torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64),
                    torch.zeros(1, dtype=torch.float64))
-    adam_step(theta, torch.ones(1, dtype=torch.float64), m, v, 1, lr=0.01)
+    adam_step(theta, torch.ones(1, dtype=torch.float64), m, v, 1, AdamHyper(lr=0.01))
     after1 = float(theta)
-    adam_step(theta, torch.full((1,), 3.0, dtype=torch.float64), m, v, 2, lr=0.01)
+    adam_step(theta, torch.full((1,), 3.0, dtype=torch.float64), m, v, 2, AdamHyper(lr=0.01))
     m_hat, v_hat = 0.39 / (1 - 0.9 ** 2), 0.009999 / (1 - 0.999 ** 2)
     assert float(m) == pytest.approx(0.39) and float(v) == pytest.approx(0.009999)
     assert float(theta) == pytest.approx(after1 - 0.01 * m_hat / (math.sqrt(v_hat) + 1e-8), rel=1e-12)
