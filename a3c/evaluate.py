@@ -40,6 +40,22 @@ class EvalResult:
     examples: list[Example] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """How much of a split an evaluation covers and what it reports: ``evaluate``, ``evaluate_checkpoint``
+    and the baselines' ``evaluate_baseline`` (which has no episode: ``t_max`` and ``keep_examples`` unused)."""
+
+    max_slices: int = 0                               # evaluate at most this many slices; 0 = all
+    dice_only: bool = False                           # rows and summary hold only ``dice`` (validation)
+    t_max: int | None = None                          # episode length; None = the config's env.t_max
+    keep_examples: int = 0                            # the first slices kept as ``Example`` for pictures
+    progress: Callable[[int], None] | None = None     # called with each batch's number of slices
+
+    @property
+    def metric_keys(self) -> tuple[str, ...]:
+        return ("dice",) if self.dice_only else METRIC_KEYS
+
+
 def _scaled_spacing(spacing, stored_hw, used_hw):
     if spacing is None:
         return None
@@ -85,8 +101,7 @@ def score_batch(pred: np.ndarray, gt: np.ndarray, idx: np.ndarray, stored_hw, me
 
 
 def evaluate(model: PixelDRLNet, batches: Iterable[Batch], cfg: Config, device: torch.device | str,
-             meta: Callable[[int], dict] | None = None, t_max: int | None = None, max_slices: int = 0,
-             keep_examples: int = 0, progress: Callable[[int], None] | None = None) -> EvalResult:
+             meta: Callable[[int], dict] | None = None, options: EvalOptions = EvalOptions()) -> EvalResult:
     """Greedy t_max-step episodes over the batches; metrics of the final mask per slice.
 
     On CUDA with ``train.amp`` the network runs in bf16 autocast, as in training, so GPU
@@ -95,23 +110,23 @@ def evaluate(model: PixelDRLNet, batches: Iterable[Batch], cfg: Config, device: 
     HD95 is in the store's spacing units (mm) where the store records spacing, else pixels.
     """
     model.eval()
-    t_max = t_max or cfg.env.t_max
+    t_max = options.t_max or cfg.env.t_max
     rows: list[dict] = []
     step_sums = np.zeros(t_max)
     examples: list[Example] = []
-    for images, masks, idx in limit_batches(batches, max_slices):
+    for images, masks, idx in limit_batches(batches, options.max_slices):
         x, g = prepare_batch(images, masks, device, cfg.data.image_size)
         steps = greedy_episode(model, x, cfg.env, t_max=t_max, amp=cfg.train.amp)
         stack = torch.stack(steps, dim=1).cpu().numpy()  # [B, T, H, W] bool
         gt = g[:, 0].cpu().numpy() > 0.5
-        rows += score_batch(stack[:, -1], gt, idx, images.shape[-2:], meta)
+        rows += score_batch(stack[:, -1], gt, idx, images.shape[-2:], meta, dice_only=options.dice_only)
         for b in range(stack.shape[0]):
             step_sums += [overlap_metrics(stack[b, t], gt[b])["dice"] for t in range(t_max)]
-            if len(examples) < keep_examples:
+            if len(examples) < options.keep_examples:
                 examples.append(Example(int(idx[b]), x[b].float().cpu().numpy(), gt[b], stack[b]))
-        if progress:
-            progress(stack.shape[0])
-    summary = aggregate_metrics([{k: r[k] for k in METRIC_KEYS} for r in rows])
+        if options.progress:
+            options.progress(stack.shape[0])
+    summary = aggregate_metrics([{k: r[k] for k in options.metric_keys} for r in rows])
     return EvalResult(rows, summary, list(step_sums / max(1, len(rows))), examples)
 
 
@@ -152,18 +167,18 @@ def model_from_checkpoint(ckpt: dict | str, device: torch.device | str = "cpu") 
     return model, cfg, ckpt
 
 
-def evaluate_checkpoint(ckpt: dict | str, store, split: str, device: torch.device | str, t_max: int | None = None,
-                        max_slices: int = 0, keep_examples: int = 0, batch_size: int | None = None,
-                        progress: Callable[[int], None] | None = None) -> tuple[EvalResult, Config, dict]:
-    """Greedy evaluation of a checkpoint on ``store``'s ``split`` (a store with ``batches`` and ``meta``)."""
+def evaluate_checkpoint(ckpt: dict | str, store, split: str, device: torch.device | str,
+                        options: EvalOptions = EvalOptions(), batch_size: int | None = None
+                        ) -> tuple[EvalResult, Config, dict]:
+    """Greedy evaluation of a checkpoint on ``store``'s ``split`` (a store with ``batches`` and ``meta``),
+    ``batch_size`` slices at a time (default: the checkpoint's ``eval.batch_size``)."""
     model, cfg, ckpt = model_from_checkpoint(ckpt, device)
     channels = int(ckpt["image_channels"])
     if store.image_shape[0] != channels:
         raise ValueError(f"{store.path}: images have {store.image_shape[0]} channels, "
                          f"the checkpoint's model takes {channels}")
     batches = store.batches(split, batch_size or cfg.eval.batch_size)
-    res = evaluate(model, batches, cfg, device, meta=store.meta, t_max=t_max, max_slices=max_slices,
-                   keep_examples=keep_examples, progress=progress)
+    res = evaluate(model, batches, cfg, device, meta=store.meta, options=options)
     return res, cfg, ckpt
 
 

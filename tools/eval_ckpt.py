@@ -120,7 +120,7 @@ def run(args) -> int:
 
     from a3c.checkpoint import CheckpointError, load_checkpoint
     from a3c.config import ConfigError
-    from a3c.evaluate import evaluate_checkpoint, table_row
+    from a3c.evaluate import EvalOptions, evaluate_checkpoint, table_row
     from datasets.store import SliceStore, StoreError
 
     try:
@@ -156,11 +156,10 @@ def run(args) -> int:
         bar = tqdm(total=n, unit="slice", desc=f"eval {args.split}", file=sys.stderr, dynamic_ncols=True)
     try:
         try:
-            res, cfg, ckpt = evaluate_checkpoint(ckpt, store, args.split, device, t_max=args.t_max,
-                                                 max_slices=args.max_slices,
-                                                 keep_examples=n if out_dir is not None else 0,
-                                                 batch_size=args.batch_size,
-                                                 progress=bar.update if bar is not None else None)
+            options = EvalOptions(max_slices=args.max_slices, t_max=args.t_max,
+                                  keep_examples=n if out_dir is not None else 0,
+                                  progress=bar.update if bar is not None else None)
+            res, cfg, ckpt = evaluate_checkpoint(ckpt, store, args.split, device, options, batch_size=args.batch_size)
         except (StoreError, CheckpointError) as exc:
             raise UsageError(one_line(exc)) from None
         except ConfigError as exc:

@@ -17,7 +17,15 @@ import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
 from a3c.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from a3c.evaluate import EvalResult, evaluate, example_grid, mask_shares, model_from_checkpoint, policy_collapse
+from a3c.evaluate import (
+    EvalOptions,
+    EvalResult,
+    evaluate,
+    example_grid,
+    mask_shares,
+    model_from_checkpoint,
+    policy_collapse,
+)
 from a3c.fileio import write_json_atomic
 from datasets.store import SliceStore
 from workers.run import RunSpec
@@ -70,7 +78,8 @@ def watch(logger, spec: RunSpec, shared: SharedState, finish, stop) -> None:
         last_updates = updates
         model, _, _ = model_from_checkpoint(ckpt, spec.device)
         res = evaluate(model, store.batches(cfg.data.val_split, cfg.eval.batch_size), cfg, spec.device,
-                       meta=store.meta, max_slices=cfg.eval.max_slices, keep_examples=cfg.eval.images)
+                       meta=store.meta, options=EvalOptions(max_slices=cfg.eval.max_slices,
+                                                            keep_examples=cfg.eval.images))
         dice = res.summary["dice"]["mean"]
         shares = mask_shares(res.per_image)
         write_eval(writer, res, updates, shares)
