@@ -90,15 +90,15 @@ class Learner:
 
 
 def train_single_process(model: PixelDRLNet, cfg, sample, n_train: int, updates: int,
-                         device: torch.device | str = "cpu", callback=None) -> Learner:
+                         device: torch.device | str = "cpu") -> Learner:
     """Algorithm 1 in one process: ``updates`` reference updates applied by a ``Learner``.
 
     ``sample(rng) -> (images [B, C, H, W] float32, masks [B, H, W] uint8)`` draws a batch with
     the numpy generator seeded ``train.seed``; actions are sampled with a torch generator seeded
     the same. This is what one worker of rank 0 does, with no other worker beside it, so the
-    trainer's parameters after k updates must equal these (a test checks). ``callback(update,
-    stats)`` runs after every update. ``train.rollout: auto`` is resolved on the first batch, as a
-    worker does (``a3c.memory``). Returns the learner (its model holds the parameters).
+    trainer's parameters after k updates must equal these (a test checks). ``train.rollout: auto``
+    is resolved on the first batch, as a worker does (``a3c.memory``). Returns the learner (its
+    model holds the parameters).
     """
     from dataclasses import replace
 
@@ -114,14 +114,12 @@ def train_single_process(model: PixelDRLNet, cfg, sample, n_train: int, updates:
     rng = np.random.default_rng(cfg.train.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
     grad = learner.grad  # the model's .grad are views of it, as a worker's are of its slot
-    for u in range(1, updates + 1):
+    for _ in range(updates):
         images, masks = sample(rng)[:2]
         x, g = prepare_batch(images, masks, device, cfg.data.image_size)
         if cfg.train.rollout == "auto":  # resolved in a copy: the caller's config stays as given
             cfg = replace(cfg, train=replace(cfg.train, rollout=resolve_rollout(model, x, g, cfg)[0]))
         grad.zero_()
-        stats = reference_update(model, x, g, cfg, gen)
+        reference_update(model, x, g, cfg, gen)
         learner.apply(grad, len(images))
-        if callback:
-            callback(u, stats)
     return learner
