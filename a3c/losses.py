@@ -28,6 +28,7 @@ The feature net receives both terms' gradients (eq. 16) because both heads sit o
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -77,20 +78,33 @@ def class_weights(gt: Tensor, beta: float, cap: float = 0.0) -> Tensor:
     return w.clamp(max=cap) if cap > 0 else w
 
 
-def step_losses(logits: Tensor, actions: Tensor, value: Tensor, ret: Tensor, weight: Tensor | None = None,
-                live: Tensor | None = None, target: Tensor | None = None) -> dict[str, Tensor]:
-    """One step's pixel-mean terms (weighted means when ``weight`` [B, 1, H, W] is given).
+@dataclass(frozen=True)
+class PixelWeights:
+    """How much each pixel counts in a step's means; None = every pixel 1.
+
+    ``weight`` [B, 1, H, W]: the class weights (``class_weights``) of the policy, value and
+    cross-entropy terms. ``live`` [B, 1, H, W] 0/1: the pixels whose action still matters, which
+    alone enter the policy, entropy and cross-entropy terms (the sums still divide by every pixel).
+    """
+
+    weight: Tensor | None = None
+    live: Tensor | None = None
+
+
+def step_losses(logits: Tensor, actions: Tensor, value: Tensor, ret: Tensor,
+                pixels: PixelWeights = PixelWeights(), target: Tensor | None = None) -> dict[str, Tensor]:
+    """One step's pixel-mean terms, weighted per pixel by ``pixels``.
 
     logits [B, 2, H, W], actions [B, H, W] int64, value [B, 1, H, W], ret [B, 1, H, W].
-    ``live`` [B, 1, H, W] 0/1 masks the policy, entropy and cross-entropy terms to the pixels
-    whose action still matters (the sums still divide by every pixel). ``target`` [B, H, W] int64,
-    the ground truth as actions, adds ``ce``: the class-weighted mean of -log pi(target | s).
+    ``target`` [B, H, W] int64, the ground truth as actions, adds ``ce``: the class-weighted
+    mean of -log pi(target | s).
     Returns scalars ``policy``, ``value``, ``entropy``, ``ce`` (0 without a target) and the
     detached ``advantage`` mean.
     """
     logp = F.log_softmax(logits.float(), dim=1)
     logp_a = logp.gather(1, actions.unsqueeze(1))
     adv = ret - value.float()
+    weight, live = pixels.weight, pixels.live
     w = 1.0 if weight is None else weight
     lw = w if live is None else w * live
     ent = entropy_map(logp)

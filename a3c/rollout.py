@@ -21,7 +21,7 @@ import torch
 
 from a3c.config import Config, EnvConfig
 from a3c.env import PixelEnv
-from a3c.losses import class_weights, combine, discounted_returns, step_losses
+from a3c.losses import PixelWeights, class_weights, combine, discounted_returns, step_losses
 from a3c.model import PixelDRLNet
 
 Tensor = torch.Tensor
@@ -144,7 +144,8 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
     if full:
         total = 0.0
         for t in range(t_max):
-            terms = step_losses(logits_kept[t], actions[t], values[t], returns[t], weight, lives[t], target)
+            pixels = PixelWeights(weight, lives[t])
+            terms = step_losses(logits_kept[t], actions[t], values[t], returns[t], pixels, target)
             total = total + combine(terms, vc, ec, cc)
             for k in sums:
                 sums[k] += terms[k].detach()
@@ -153,7 +154,8 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
         kept_values = []
         for t in range(t_max):
             logits, value = forward(model, states[t], amp)
-            terms = step_losses(logits, actions[t], value, returns[t].detach(), weight, lives[t], target)
+            pixels = PixelWeights(weight, lives[t])
+            terms = step_losses(logits, actions[t], value, returns[t].detach(), pixels, target)
             combine(terms, vc, ec, cc).backward()
             kept_values.append(value.detach())
             for k in sums:

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from a3c.losses import class_weights, discounted_returns, entropy_map, step_losses
+from a3c.losses import PixelWeights, class_weights, discounted_returns, entropy_map, step_losses
 from a3c.model import RewardConv
 from tests.conftest import t2
 
@@ -101,7 +101,7 @@ def test_weighted_policy_term_removes_the_majority_bias():
         for a in (0, 1):
             acts = torch.full((1, 10, 10), a, dtype=torch.long)
             r = (1 - gt) ** 2 - (acts.unsqueeze(1).float() - gt) ** 2
-            total = total + 0.5 * step_losses(logits, acts, torch.zeros_like(gt), r, w)["policy"]
+            total = total + 0.5 * step_losses(logits, acts, torch.zeros_like(gt), r, PixelWeights(w))["policy"]
         total.backward()
         grads[beta] = (logits.grad[:, 1] - logits.grad[:, 0]).sum().item()
     assert grads[0.0] > 1e-3          # plain mean: net push towards "zero" on a shared bias

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from a3c.config import ConfigError, load_config
-from a3c.losses import class_weights, combine, step_losses
+from a3c.losses import PixelWeights, class_weights, combine, step_losses
 from a3c.model import build_model
 from a3c.rollout import reference_update
 
@@ -23,7 +23,7 @@ def test_step_losses_live_mask_and_cross_entropy_by_hand():
     ret = torch.tensor([[[[2.0, 4.0]]]])
     live = torch.tensor([[[[1.0, 0.0]]]])
     target = torch.tensor([[[0, 1]]])  # pixel 0 is background: the right action is "zero"
-    t = step_losses(logits, actions, value, ret, live=live, target=target)
+    t = step_losses(logits, actions, value, ret, PixelWeights(live=live), target=target)
     lp_keep, lp_zero = math.log(0.75), math.log(0.25)
     # policy: only pixel 0 counts, -(log 0.75 * 2) / 2 pixels
     assert t["policy"].item() == pytest.approx(-(lp_keep * 2.0) / 2)
