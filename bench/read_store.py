@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from datasets.store import SliceStore
-from datasets.writer import StoreWriter
+from datasets.writer import StoreLayout, StoreWriter
 
 
 def build(path: Path, slices: int, channels: int, size: int, compression: str | None) -> None:
     rng = np.random.default_rng(0)
     per_case = 20
-    with StoreWriter(path, split=(70, 10, 20), seed=0, keep_negatives=True, normalise=False,
-                     compression=compression, attrs={"source": "bench", "converter": "bench/read_store.py"}) as w:
+    layout = StoreLayout(split=(70, 10, 20), seed=0, keep_negatives=True, normalise=False, compression=compression)
+    with StoreWriter(path, layout=layout, attrs={"source": "bench", "converter": "bench/read_store.py"}) as w:
         for c, start in enumerate(range(0, slices, per_case)):
             k = min(per_case, slices - start)
             images = rng.random((k, channels, size, size), dtype=np.float32)

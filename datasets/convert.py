@@ -76,6 +76,7 @@ from a3c.fileio import interrupt_status, sigterm_as_interrupt
 from .store import SliceStore
 from .writer import (
     ConvertError,
+    StoreLayout,
     StoreWriter,
     binarise_mask,
     check_finite,
@@ -715,9 +716,9 @@ def convert_options(opts: ConvertOptions, *, overwrite: bool = False, progress: 
     cases, load, extra = _layout(opts)
     attrs = {"source": str(Path(opts.src).resolve()), "converter": f"datasets.convert {opts.kind}", "kind": opts.kind,
              "arguments": json.dumps(asdict(opts)), **extra}
-    with StoreWriter(out, split=opts.ratios, seed=opts.seed, attrs=attrs, overwrite=overwrite,
-                     keep_negatives=opts.keep_negatives, compression=opts.compression,
-                     percentiles=opts.percentiles, source=opts.src) as writer:
+    layout = StoreLayout(split=opts.ratios, seed=opts.seed, keep_negatives=opts.keep_negatives,
+                         percentiles=opts.percentiles, compression=opts.compression)
+    with StoreWriter(out, layout=layout, attrs=attrs, overwrite=overwrite, source=opts.src) as writer:
         bar = tqdm(cases, desc=f"convert {opts.kind}", unit="case", disable=None if progress is None else not progress,
                    file=sys.stderr)
         with bar:

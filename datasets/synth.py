@@ -44,7 +44,7 @@ from scipy.ndimage import gaussian_filter
 
 from a3c.fileio import interrupt_status, sigterm_as_interrupt
 
-from .writer import ConvertError, StoreWriter, check_output, parse_split
+from .writer import ConvertError, StoreLayout, StoreWriter, check_output, parse_split
 
 DEFAULTS = {"cases": 16, "size": 64, "slices": 12, "seed": 0}
 #: Bumped whenever the generator's output changes (stored as the ``generator_version`` attribute),
@@ -156,8 +156,8 @@ def make_synthetic_store(
              "description": "irregular 3-D object with stripe texture and dark rim; smooth distractor blobs of the "
                             "same brightness; bias field; noise"}
     seeds = np.random.SeedSequence([int(seed), 7]).spawn(cases)
-    with StoreWriter(path, split=ratios, seed=seed, attrs=attrs, overwrite=overwrite,
-                     compression=compression, source="synthetic") as w:
+    layout = StoreLayout(split=ratios, seed=seed, compression=compression)
+    with StoreWriter(path, layout=layout, attrs=attrs, overwrite=overwrite, source="synthetic") as w:
         for i in range(cases):
             images, masks = generate_case(np.random.default_rng(seeds[i]), size, slices)
             w.add_case(f"synth{i:03d}", images, masks, np.arange(slices), (1.0, 1.0))

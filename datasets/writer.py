@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -210,45 +211,64 @@ def check_output(out: os.PathLike | str, overwrite: bool) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class StoreLayout:
+    """How the writer makes a store of its cases, as the store's attributes record it.
+
+    ``split``: train/val/test percentages over cases, and ``seed``: the draws of the splits,
+    subsets and folds (attributes ``split``, ``seed``); ``keep_negatives``: keep empty-mask
+    slices; ``normalise``: per-case normalisation to the clip ``percentiles`` (``normalise_case``),
+    else raw values (attribute ``normalisation``); ``compression``: the HDF5 filter of the images
+    and masks (None or "none" = none). Values are made canonical on construction (floats, an int
+    seed); bad percentiles are a ValueError.
+    """
+
+    split: Sequence[float] = (70, 10, 20)
+    seed: int = 0
+    keep_negatives: bool = False
+    normalise: bool = True
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES
+    compression: str | None = None
+
+    def __post_init__(self) -> None:
+        percentiles = tuple(float(p) for p in self.percentiles)
+        if not (len(percentiles) == 2 and 0 <= percentiles[0] < percentiles[1] <= 100):
+            raise ValueError(f"percentiles must be 0 <= low < high <= 100, got {self.percentiles}")
+        object.__setattr__(self, "percentiles", percentiles)
+        object.__setattr__(self, "split", tuple(float(x) for x in self.split))
+        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "compression", None if self.compression in (None, "none") else self.compression)
+
+
 class StoreWriter:
     """Write one store atomically, case by case.
 
     Usage::
 
-        with StoreWriter(out, split=(70, 10, 20), seed=0, attrs={...}) as w:
+        with StoreWriter(out, layout=StoreLayout(split=(70, 10, 20), seed=0), attrs={...}) as w:
             for ...:
                 w.add_case(case_id, images, masks, slice_index, spacing, source=path)
         # the file exists at ``out`` only if the ``with`` block finished without an exception
 
     ``add_case`` takes raw images ``[S, C, H, W]`` (any real dtype), masks ``[S, H, W]`` 0/1,
     ``slice_index`` ``[S]`` and ``spacing`` ``(sy, sx)`` or None; it normalises the case
-    (``normalise=True``), drops empty-mask slices unless ``keep_negatives`` and appends.
+    (``layout.normalise``), drops empty-mask slices unless ``layout.keep_negatives`` and appends.
+    ``attrs`` (provenance: ``source``, ``converter``, ``arguments``, ...) go to the store's
+    attributes; ``source`` names the input in errors (default: ``out``).
     """
 
     def __init__(
         self,
         out: os.PathLike | str,
         *,
-        split: Sequence[float] = (70, 10, 20),
-        seed: int = 0,
+        layout: StoreLayout = StoreLayout(),
         attrs: dict | None = None,
         overwrite: bool = False,
-        keep_negatives: bool = False,
-        normalise: bool = True,
-        percentiles: Sequence[float] = DEFAULT_PERCENTILES,
-        compression: str | None = None,
         source: str = "",
     ) -> None:
         self.out = check_output(out, overwrite)
-        self.split = tuple(float(x) for x in split)
-        self.seed = int(seed)
+        self.layout = layout
         self.attrs = dict(attrs or {})
-        self.keep_negatives = keep_negatives
-        self.normalise = normalise
-        self.percentiles = tuple(float(p) for p in percentiles)
-        if not (len(self.percentiles) == 2 and 0 <= self.percentiles[0] < self.percentiles[1] <= 100):
-            raise ValueError(f"percentiles must be 0 <= low < high <= 100, got {percentiles}")
-        self.compression = None if compression in (None, "none") else compression
         self.source = source or str(self.out)
         self._tmp: Path | None = None
         self._h5: h5py.File | None = None
@@ -340,8 +360,9 @@ class StoreWriter:
                 f"{src}: slice shape (C,H,W)={shape} differs from earlier cases' {self._shape}; "
                 "all cases must share one shape (try --size)"
             )
-        data = normalise_case(images, self.percentiles) if self.normalise else images.astype(np.float32)
-        keep = np.ones(images.shape[0], bool) if self.keep_negatives else masks.reshape(masks.shape[0], -1).any(1)
+        layout = self.layout
+        data = normalise_case(images, layout.percentiles) if layout.normalise else images.astype(np.float32)
+        keep = np.ones(images.shape[0], bool) if layout.keep_negatives else masks.reshape(masks.shape[0], -1).any(1)
         k = int(keep.sum())
         if k == 0:
             return 0
@@ -360,7 +381,7 @@ class StoreWriter:
     def _create(self, shape: tuple[int, int, int]) -> None:
         c, h, w = shape
         self._shape = shape
-        kw = {"compression": self.compression} if self.compression else {}
+        kw = {"compression": self.layout.compression} if self.layout.compression else {}
         self._h5.create_dataset("images", shape=(0, c, h, w), maxshape=(None, c, h, w), dtype="f4",
                                 chunks=(1, c, h, w), **kw)
         self._h5.create_dataset("masks", shape=(0, h, w), maxshape=(None, h, w), dtype="u1",
@@ -382,16 +403,17 @@ class StoreWriter:
         h5.create_dataset("spacing", data=np.concatenate(self._spacing).astype(np.float32))
 
         cases = sorted(set(self._case_ids))
-        parts = split_cases(cases, self.split, self.seed)
+        layout = self.layout
+        parts = split_cases(cases, layout.split, layout.seed)
         g = h5.create_group("splits")
         for name in ("train", "val", "test"):
             chosen = np.isin(case_ids, np.asarray(parts[name], dtype=object))
             g.create_dataset(name, data=np.flatnonzero(chosen).astype(np.int64))
-        subsets = kshot_subsets(g["train"][()], self.seed)
+        subsets = kshot_subsets(g["train"][()], layout.seed)
         gs = h5.create_group("subsets")
         for k, idx in subsets.items():
             gs.create_dataset(f"train_{k}", data=idx.astype(np.int64))
-        folds = assign_folds(cases, self.seed)
+        folds = assign_folds(cases, layout.seed)
         gf = h5.create_group("folds")
         gf.create_dataset("assignment", data=np.asarray([folds[c] for c in self._case_ids], np.int8))
         gf.attrs["n_folds"] = N_FOLDS
@@ -402,10 +424,10 @@ class StoreWriter:
             "arguments": "{}",
             **self.attrs,
             "schema_version": SCHEMA_VERSION,
-            "seed": self.seed,
-            "split": "/".join(f"{x:g}" for x in self.split),
-            "normalisation": normalisation_name(self.percentiles if self.normalise else None),
-            "keep_negatives": bool(self.keep_negatives),
+            "seed": layout.seed,
+            "split": "/".join(f"{x:g}" for x in layout.split),
+            "normalisation": normalisation_name(layout.percentiles if layout.normalise else None),
+            "keep_negatives": bool(layout.keep_negatives),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "n_cases_read": self.n_cases_in,
             "n_slices_read": self.n_slices_in,

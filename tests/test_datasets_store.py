@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from datasets.store import SCHEMA_VERSION, SPLIT_NAMES, SliceStore, StoreError, cv_folds
-from datasets.writer import StoreWriter
+from datasets.writer import StoreLayout, StoreWriter
 
 N_CASES, PER_CASE, C, H, W = 10, 5, 2, 16, 12
 
@@ -21,8 +21,8 @@ def build_store(path, compression=None, split=(70, 10, 20), seed=0):
     """10 cases x 5 slices; images[i] is filled with the value 100*case + slice (no
     normalisation), so a read can be checked against its index."""
     rng = np.random.default_rng(0)
-    with StoreWriter(path, split=split, seed=seed, keep_negatives=True, normalise=False,
-                     compression=compression, attrs={"source": "test", "converter": "test"}) as w:
+    layout = StoreLayout(split=split, seed=seed, keep_negatives=True, normalise=False, compression=compression)
+    with StoreWriter(path, layout=layout, attrs={"source": "test", "converter": "test"}) as w:
         for c in range(N_CASES):
             images = np.stack([np.full((C, H, W), 100 * c + k, np.float32) for k in range(PER_CASE)])
             masks = (rng.random((PER_CASE, H, W)) > 0.7).astype(np.uint8)

@@ -9,6 +9,7 @@ from datasets.normalise import DEFAULT_NORMALISATION, normalisation_name, parse_
 from datasets.store import SliceStore
 from datasets.writer import (
     ConvertError,
+    StoreLayout,
     StoreWriter,
     allocate_counts,
     assign_folds,
@@ -109,7 +110,7 @@ def _case(k=3, size=8, positive=True):
 
 def test_writer_roundtrip_and_negatives(tmp_path):
     out = tmp_path / "a.h5"
-    with StoreWriter(out, seed=5, attrs={"source": "unit", "converter": "test"}) as w:
+    with StoreWriter(out, layout=StoreLayout(seed=5), attrs={"source": "unit", "converter": "test"}) as w:
         for c in range(4):
             im, m = _case()
             assert w.add_case(f"c{c}", im, m, [10, 11, 12], (1.0, 2.0)) == 2  # slice 11 is negative
@@ -177,3 +178,20 @@ def test_normalisation_name_round_trip(percentiles):
 def test_unknown_normalisation_names(name):
     with pytest.raises(ValueError, match="unknown normalisation"):
         parse_normalisation(name)
+
+
+def test_store_layout_is_canonical_and_recorded(tmp_path):
+    layout = StoreLayout(split=[60, 20, 20], seed=np.int64(3), keep_negatives=True, normalise=False,
+                         percentiles=[1, 99], compression="none")
+    assert (layout.split, layout.seed, layout.percentiles, layout.compression) == ((60.0, 20.0, 20.0), 3, (1.0, 99.0),
+                                                                                   None)
+    with pytest.raises(ValueError, match="percentiles must be"):
+        StoreLayout(percentiles=(99, 1))
+    out = tmp_path / "f.h5"
+    with StoreWriter(out, layout=layout) as w:
+        im, m = _case(positive=False)
+        w.add_case("c0", im, m, [0, 1, 2])
+    s = SliceStore(out)
+    assert s.n == 3 and s.attrs["normalisation"] == "none" and s.attrs["keep_negatives"]
+    assert s.attrs["seed"] == 3 and s.attrs["split"] == "60/20/20"
+    np.testing.assert_array_equal(s.read(np.arange(3))[0], im)

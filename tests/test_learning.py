@@ -14,7 +14,7 @@ from a3c.learner import train_single_process
 from a3c.metrics import overlap_metrics
 from a3c.model import build_model
 from datasets.store import SliceStore
-from datasets.writer import StoreWriter
+from datasets.writer import StoreLayout, StoreWriter
 
 pytestmark = pytest.mark.slow  # 300 updates in one process
 
@@ -24,7 +24,7 @@ UPDATES = 300
 def make_blob_store(path, cases=8, slices=6, size=32, seed=0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
-    with StoreWriter(path, split=(60, 20, 20), seed=seed) as writer:
+    with StoreWriter(path, layout=StoreLayout(split=(60, 20, 20), seed=seed)) as writer:
         for c in range(cases):
             images = rng.normal(0.0, 0.3, (slices, 1, size, size)).astype(np.float32)
             masks = np.zeros((slices, size, size), np.uint8)
