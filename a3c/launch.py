@@ -91,14 +91,14 @@ def cache_dir() -> Path:
 def default_store(cfg: Config) -> Path:
     """The built-in synthetic store for ``cfg.data``, made on first use."""
     d = cfg.data
-    from datasets.synth import GENERATOR_VERSION, make_synthetic_store
+    from datasets.synth import GENERATOR_VERSION, SynthSpec, make_synthetic_store
 
     path = cache_dir() / f"synth-v{GENERATOR_VERSION}-c{d.synth_cases}-s{d.synth_size}-seed{cfg.train.seed}.h5"
     if not path.exists():
 
         path.parent.mkdir(parents=True, exist_ok=True)
         print(f"making the built-in synthetic store {path} ...", file=sys.stderr)
-        make_synthetic_store(path, cases=d.synth_cases, size=d.synth_size, seed=cfg.train.seed)
+        make_synthetic_store(path, SynthSpec(cases=d.synth_cases, size=d.synth_size, seed=cfg.train.seed))
     return path
 
 

@@ -211,11 +211,11 @@ def main() -> int:
         print(json.dumps(batched(cfg, args._batched[0], int(args._batched[1]), args.updates, args.device)))
         return 0
 
-    from datasets.synth import make_synthetic_store
+    from datasets.synth import SynthSpec, make_synthetic_store
 
     with tempfile.TemporaryDirectory() as tmp:
         store = str(Path(tmp) / "bench.h5")
-        make_synthetic_store(store, cases=8, size=args.size, slices=8, seed=0)
+        make_synthetic_store(store, SynthSpec(cases=8, size=args.size, slices=8, seed=0))
         flops = {mode: flops_per_img_step(cfg, 1, args.size, args.device, mode) for mode in ("onestep", "full")}
         if args.device == "cuda":
             torch.cuda.empty_cache()  # the runs below read the GPU's free memory (train.rollout auto)

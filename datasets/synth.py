@@ -5,7 +5,7 @@
     python -m datasets.synth --out FILE.h5 [--cases 16] [--size 64] [--slices 12] [--seed 0]
                              [--split 70/10/20] [--overwrite]
 
-or from Python ``make_synthetic_store(path, cases=16, size=64, seed=0, slices=12)``.
+or from Python ``make_synthetic_store(path, SynthSpec(cases=16, size=64, slices=12, seed=0))``.
 
 Each case is a small 3-D volume (``size x size x slices``); its slices are neighbouring cuts
 through one irregular 3-D object, so slices of a case are alike and cases differ. One channel.
@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -46,7 +47,19 @@ from a3c.fileio import interrupt_status, sigterm_as_interrupt
 
 from .writer import ConvertError, StoreLayout, StoreWriter, check_output, parse_split
 
-DEFAULTS = {"cases": 16, "size": 64, "slices": 12, "seed": 0}
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """What the generator makes: ``cases`` volumes of ``size x size x slices``, drawn from ``seed``
+    (which also seeds the store's split, subsets and folds)."""
+
+    cases: int = 16
+    size: int = 64
+    slices: int = 12
+    seed: int = 0
+
+
+DEFAULTS = asdict(SynthSpec())
 #: Bumped whenever the generator's output changes (stored as the ``generator_version`` attribute),
 #: so cached stores can be told apart.
 GENERATOR_VERSION = 1
@@ -58,15 +71,26 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: Seque
     return field / (field.std() + 1e-8)
 
 
-def _blob(rng, zz, yy, xx, center, radii, angle, wobble, noise_sigma):
+@dataclass(frozen=True)
+class _Grid:
+    """A case's voxel coordinates [slices, size, size] (z in [-0.65, 0.65], y and x in pixels) and
+    the smoothing (z, y, x) of its shapes' noise."""
+
+    zz: np.ndarray
+    yy: np.ndarray
+    xx: np.ndarray
+    noise_sigma: tuple[float, float, float]
+
+
+def _blob(rng, grid: _Grid, center, radii, angle, wobble):
     """Signed level set of a rotated ellipsoid with smooth radial noise (< 1 inside)."""
     cy, cx = center
     ry, rx, rz = radii
     c, s = np.cos(angle), np.sin(angle)
-    dy, dx = yy - cy, xx - cx
+    dy, dx = grid.yy - cy, grid.xx - cx
     u, v = c * dy + s * dx, -s * dy + c * dx
-    d = np.sqrt((u / ry) ** 2 + (v / rx) ** 2 + (zz / rz) ** 2)
-    return d + wobble * _smooth_noise(rng, zz.shape, noise_sigma)
+    d = np.sqrt((u / ry) ** 2 + (v / rx) ** 2 + (grid.zz / rz) ** 2)
+    return d + wobble * _smooth_noise(rng, grid.zz.shape, grid.noise_sigma)
 
 
 def generate_case(rng: np.random.Generator, size: int = 64, slices: int = 12) -> tuple[np.ndarray, np.ndarray]:
@@ -75,14 +99,14 @@ def generate_case(rng: np.random.Generator, size: int = 64, slices: int = 12) ->
     k, n = int(slices), int(size)
     zs = np.linspace(-0.65, 0.65, k) if k > 1 else np.zeros(1)
     zz, yy, xx = np.meshgrid(zs, np.arange(n, dtype=np.float64), np.arange(n, dtype=np.float64), indexing="ij")
-    noise_sigma = (max(k / 6.0, 0.5), n / 14.0, n / 14.0)
+    grid = _Grid(zz, yy, xx, (max(k / 6.0, 0.5), n / 14.0, n / 14.0))
 
     # Object: irregular ellipsoid, in-plane radius 12-20 % of the image.
     r_obj = n * rng.uniform(0.15, 0.21)
     margin = r_obj * 1.3
     center = tuple(rng.uniform(margin, n - margin, size=2))
     radii = (r_obj * rng.uniform(0.8, 1.2), r_obj * rng.uniform(0.8, 1.2), 1.0)
-    level = _blob(rng, zz, yy, xx, center, radii, rng.uniform(0, np.pi), 0.18, noise_sigma)
+    level = _blob(rng, grid, center, radii, rng.uniform(0, np.pi), 0.18)
     obj = level < 1.0
 
     # Distractors: 2-4 blobs, same mean intensity, together roughly 1.5x the object's area.
@@ -100,7 +124,7 @@ def generate_case(rng: np.random.Generator, size: int = 64, slices: int = 12) ->
                 break
         placed.append((c, r))
         rad = (r * rng.uniform(0.8, 1.2), r * rng.uniform(0.8, 1.2), rng.uniform(1.0, 1.3))
-        dis_level = np.minimum(dis_level, _blob(rng, zz, yy, xx, c, rad, rng.uniform(0, np.pi), 0.18, noise_sigma))
+        dis_level = np.minimum(dis_level, _blob(rng, grid, c, rad, rng.uniform(0, np.pi), 0.18))
     dis = (dis_level < 1.0) & ~obj
 
     # Soft indicator maps (edges blurred in-plane).
@@ -130,21 +154,19 @@ def generate_case(rng: np.random.Generator, size: int = 64, slices: int = 12) ->
 
 def make_synthetic_store(
     path,
-    cases: int = DEFAULTS["cases"],
-    size: int = DEFAULTS["size"],
-    seed: int = DEFAULTS["seed"],
-    slices: int = DEFAULTS["slices"],
+    spec: SynthSpec = SynthSpec(),
     *,
     split: str | Sequence[float] = "70/10/20",
     overwrite: bool = False,
     compression: str | None = None,
 ) -> Path:
-    """Write a synthetic store to ``path`` (atomically) and return ``path``.
+    """Write the synthetic store ``spec`` describes to ``path`` (atomically) and return ``path``.
 
     Deterministic for given arguments (apart from the ``created`` attribute). Raises
     ConvertError if ``path`` exists and not ``overwrite``.
     """
     path = Path(path)
+    cases, size, slices, seed = spec.cases, spec.size, spec.slices, spec.seed
     if cases < 1 or not 16 <= size <= 4096 or slices < 1 or not 0 <= seed < 2 ** 63:
         raise ValueError("need cases >= 1, 16 <= size <= 4096, slices >= 1, 0 <= seed < 2**63")
     ratios = parse_split(split) if isinstance(split, str) else tuple(float(x) for x in split)
@@ -185,8 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         with sigterm_as_interrupt():
-            make_synthetic_store(args.out, cases=args.cases, size=args.size, seed=args.seed, slices=args.slices,
-                                 split=ratios, overwrite=args.overwrite)
+            spec = SynthSpec(cases=args.cases, size=args.size, slices=args.slices, seed=args.seed)
+            make_synthetic_store(args.out, spec, split=ratios, overwrite=args.overwrite)
     except (ConvertError, OSError) as exc:
         print(f"datasets.synth: error: {exc}", file=sys.stderr)
         return 2

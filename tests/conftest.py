@@ -42,10 +42,10 @@ def one_intra_op_thread():
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory) -> Path:
     """A small synthetic store: 6 cases x 4 slices of 32x32."""
-    from datasets.synth import make_synthetic_store
+    from datasets.synth import SynthSpec, make_synthetic_store
 
     path = tmp_path_factory.mktemp("store") / "tiny.h5"
-    make_synthetic_store(path, cases=6, size=32, slices=4, seed=0)
+    make_synthetic_store(path, SynthSpec(cases=6, size=32, slices=4, seed=0))
     return path
 
 

@@ -238,7 +238,7 @@ def test_written_files_get_the_umask_mode(tmp_path, umask, mode):
     try:
         fileio.write_json_atomic({"a": 1}, tmp_path / "a.json")
         save_checkpoint({"x": torch.zeros(2)}, tmp_path / "c.pt")
-        synth.make_synthetic_store(tmp_path / "s.h5", cases=1, size=16, slices=1)
+        synth.make_synthetic_store(tmp_path / "s.h5", synth.SynthSpec(cases=1, size=16, slices=1))
     finally:
         os.umask(old)
     for name in ("a.json", "c.pt", "s.h5"):

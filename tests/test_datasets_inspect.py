@@ -11,7 +11,7 @@ import h5py
 import pytest
 
 from datasets.inspect import describe
-from datasets.synth import make_synthetic_store
+from datasets.synth import SynthSpec, make_synthetic_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def run(*args):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return make_synthetic_store(tmp_path_factory.mktemp("insp") / "s.h5", cases=8, size=32, slices=3)
+    return make_synthetic_store(tmp_path_factory.mktemp("insp") / "s.h5", SynthSpec(cases=8, size=32, slices=3))
 
 
 def test_json(store):

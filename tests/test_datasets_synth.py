@@ -13,7 +13,7 @@ from scipy.ndimage import gaussian_filter
 from skimage.filters import threshold_otsu
 
 from datasets.store import SliceStore
-from datasets.synth import generate_case, make_synthetic_store
+from datasets.synth import SynthSpec, generate_case, make_synthetic_store
 from datasets.writer import ConvertError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,14 +69,14 @@ def test_local_texture_feature_separates_object(default_store):
 
 
 def test_deterministic_and_seeded(tmp_path):
-    a, b, c = (make_synthetic_store(tmp_path / f"{n}.h5", cases=3, size=32, slices=4, seed=s)
+    a, b, c = (make_synthetic_store(tmp_path / f"{n}.h5", SynthSpec(cases=3, size=32, slices=4, seed=s))
                for n, s in (("a", 5), ("b", 5), ("c", 6)))
     ra, rb, rc = (SliceStore(p).read(np.arange(12)) for p in (a, b, c))
     assert np.array_equal(ra[0], rb[0]) and np.array_equal(ra[1], rb[1])
     assert not np.array_equal(ra[0], rc[0])
     with pytest.raises(ConvertError, match="output exists"):
-        make_synthetic_store(a, cases=3, size=32, slices=4)
-    make_synthetic_store(a, cases=2, size=32, slices=4, overwrite=True)
+        make_synthetic_store(a, SynthSpec(cases=3, size=32, slices=4))
+    make_synthetic_store(a, SynthSpec(cases=2, size=32, slices=4), overwrite=True)
     assert SliceStore(a).n == 8
 
 

@@ -21,7 +21,7 @@ from a3c.model import build_model
 from a3c.params import numel
 from a3c.rollout import greedy_episode
 from datasets.store import SliceStore
-from datasets.synth import make_synthetic_store
+from datasets.synth import SynthSpec, make_synthetic_store
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("dice", "ppv", "sen", "iou", "biou", "hd95")
@@ -53,7 +53,7 @@ def run(*args, module: bool = False):
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory):
     d = tmp_path_factory.mktemp("evalckpt")
-    store = make_synthetic_store(d / "s.h5", cases=4, size=32, seed=0, slices=4)
+    store = make_synthetic_store(d / "s.h5", SynthSpec(cases=4, size=32, slices=4, seed=0))
     ckpt = d / "c.pt"
     params = make_checkpoint(ckpt)
     n_test = int(SliceStore(store).indices("test").size)
