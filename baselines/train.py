@@ -58,7 +58,7 @@ from a3c.checkpoint import (
     save_checkpoint,
 )
 from a3c.cli import UsageError, non_negative_int, one_line, positive_float, positive_int, resolve_device
-from a3c.evaluate import EvalResult, limit_batches, score_batch, table_row
+from a3c.evaluate import EvalOptions, EvalResult, limit_batches, score_batch, table_row
 from a3c.fileio import write_json_atomic
 from a3c.metrics import METRIC_KEYS, aggregate_metrics
 from a3c.params import numel
@@ -87,27 +87,26 @@ def predict(model: torch.nn.Module, x: torch.Tensor, threshold: float = THRESHOL
 
 def evaluate_baseline(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device | str,
                       image_size: int = 0, meta: Callable[[int], dict] | None = None,
-                      threshold: float = THRESHOLD, max_slices: int = 0, dice_only: bool = False,
-                      progress: Callable[[int], None] | None = None) -> EvalResult:
+                      options: EvalOptions = EvalOptions()) -> EvalResult:
     """Score a probability model over ``(images, masks, idx)`` batches, as ``a3c.evaluate.evaluate``
     scores PixelDRL-MG's final mask: per-slice ``segmentation_metrics`` of
-    ``sigmoid(logits) > threshold`` against the ground truth at the network's input size
+    ``sigmoid(logits) > THRESHOLD`` against the ground truth at the network's input size
     (``image_size``, 0 = as stored), spacing from ``meta(idx)`` scaled to that size.
 
-    ``dice_only``: rows carry only ``dice`` (``overlap_metrics``; for validation). The result's
-    ``step_dice`` is empty (one-shot prediction) and ``examples`` too. Leaves the model in eval mode.
+    ``options``: ``max_slices``, ``dice_only`` (rows carry only ``dice``, ``overlap_metrics``; for
+    validation) and ``progress``; one-shot prediction has no ``t_max`` or ``keep_examples``: the
+    result's ``step_dice`` and ``examples`` are empty. Leaves the model in eval mode.
     """
     model.eval()
     rows: list[dict] = []
-    for images, masks, idx in limit_batches(batches, max_slices):
+    for images, masks, idx in limit_batches(batches, options.max_slices):
         x, g = prepare_batch(images, masks, device, image_size)
-        pred = predict(model, x, threshold).cpu().numpy()
+        pred = predict(model, x).cpu().numpy()
         gt = g[:, 0].cpu().numpy() > 0.5
-        rows += score_batch(pred, gt, idx, images.shape[-2:], meta, dice_only=dice_only)
-        if progress:
-            progress(pred.shape[0])
-    keys = ("dice",) if dice_only else METRIC_KEYS
-    summary = aggregate_metrics([{k: r[k] for k in keys} for r in rows])
+        rows += score_batch(pred, gt, idx, images.shape[-2:], meta, dice_only=options.dice_only)
+        if options.progress:
+            options.progress(pred.shape[0])
+    summary = aggregate_metrics([{k: r[k] for k in options.metric_keys} for r in rows])
     return EvalResult(rows, summary, [], [])
 
 
@@ -306,7 +305,7 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
             bar.update(1)
             if o.val_split and (u % every == 0 or u == total):
                 res = evaluate_baseline(model, store.batches(o.val_split, eval_batch), dev, o.image_size,
-                                        dice_only=True)
+                                        options=EvalOptions(dice_only=True))
                 model.train()
                 d = float(res.summary["dice"]["mean"])
                 history.append({"update": u, "epoch": u / per_epoch, "loss": loss_ema, "val_dice": d})
@@ -332,7 +331,7 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
                 disable=not r.progress)
     try:
         res = evaluate_baseline(model, store.batches(o.test_split, eval_batch), dev, o.image_size,
-                                meta=store.meta, progress=tbar.update)
+                                meta=store.meta, options=EvalOptions(progress=tbar.update))
     finally:
         tbar.close()
     wall = time.perf_counter() - t_start

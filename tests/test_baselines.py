@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from a3c.batch import prepare_batch
-from a3c.evaluate import _scaled_spacing
+from a3c.evaluate import EvalOptions, _scaled_spacing
 from a3c.metrics import METRIC_KEYS, TABLE_HEADER, aggregate_metrics, segmentation_metrics
 from a3c.params import numel
 from baselines.models import BASELINES, WIDTHS, build_baseline, parse_width
@@ -98,7 +98,7 @@ def test_evaluate_baseline_scores_with_a3c_metrics(tiny_store):
     assert res.summary == aggregate_metrics(rows)
     # resized evaluation: the ground truth and the spacing follow the network's input size
     res16 = evaluate_baseline(ThresholdModel(), store.batches("test", 8), "cpu", image_size=16, meta=store.meta,
-                              max_slices=2)
+                              options=EvalOptions(max_slices=2))
     assert len(res16.per_image) == 2
     x, g = prepare_batch(images[:2], masks[:2], "cpu", 16)
     sp = _scaled_spacing(store.meta(int(idx[0]))["spacing"], images.shape[-2:], (16, 16))
