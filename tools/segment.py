@@ -47,7 +47,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -83,6 +83,17 @@ class Preprocess:
     store_hw: tuple[int, int] | None = None  # (H, W) of the training store's slices
     converter: str = ""
     channel_names: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Segmenter:
+    """A checkpoint made ready to segment (``load_model``): its network on ``device``, its config
+    and how new slices must be prepared for it."""
+
+    model: Any           # a3c.model.PixelDRLNet, in eval mode
+    cfg: Any             # a3c.config.Config stored in the checkpoint
+    prep: Preprocess
+    device: Any          # torch.device
 
 
 def _hw(value) -> tuple[int, int] | None:
@@ -347,13 +358,15 @@ def read_image(path: Path, prep: Preprocess) -> Loaded:
 
 
 # ------------------------------------------------------------------------------------ running
-def segment(model, cfg, x, t_max: int, batch_size: int, out_hw: tuple[int, int], progress=None):
-    """Greedy episodes on x [S, C, h, w] -> (final masks at out_hw [S, H, W] bool, steps [S, T, h, w] bool)."""
+def segment(model, cfg, x, t_max: int, out_hw: tuple[int, int], progress=None):
+    """Greedy episodes on x [S, C, h, w], ``cfg.eval.batch_size`` slices at a time
+    -> (final masks at out_hw [S, H, W] bool, steps [S, T, h, w] bool)."""
     import torch
     import torch.nn.functional as F
 
     from a3c.rollout import greedy_episode
 
+    batch_size = max(1, int(cfg.eval.batch_size))
     finals, steps_all = [], []
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size]
@@ -403,11 +416,11 @@ def _check_outputs(src: Path, paths: list[Path], overwrite: bool, claimed: dict[
             raise InputError(f"{src}: output {p} exists (use --overwrite to replace it)")
 
 
-def segment_input(src: Path, kind: str, model, cfg, prep: Preprocess, args, device, claimed: dict,
-                  progress=None) -> list[Path]:
+def segment_input(src: Path, kind: str, net: Segmenter, args, claimed: dict, progress=None) -> list[Path]:
     """Segment one file and write its outputs; returns the written paths (mask first)."""
     import torch
 
+    model, cfg, prep, device = net.model, net.cfg, net.prep, net.device
     out_dir = Path(args.out)
     stem = stem_of(src)
     mask_path = out_dir / (f"{stem}_mask.nii.gz" if kind == "nifti" else f"{stem}_mask.png")
@@ -423,10 +436,9 @@ def segment_input(src: Path, kind: str, model, cfg, prep: Preprocess, args, devi
         claimed[p.resolve()] = src
 
     t_max = int(args.t_max or cfg.env.t_max)
-    batch = max(1, int(cfg.eval.batch_size))
     try:
         norm, x = prepare_input(loaded.slices, prep, device)
-        final, steps = segment(model, cfg, x, t_max, batch, loaded.slices.shape[-2:], progress)
+        final, steps = segment(model, cfg, x, t_max, loaded.slices.shape[-2:], progress)
     except RuntimeError as exc:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -447,8 +459,8 @@ def segment_input(src: Path, kind: str, model, cfg, prep: Preprocess, args, devi
     return [mask_path, *written]
 
 
-def load_model(path: str, device):
-    """(model, cfg, Preprocess, warnings) of a checkpoint; UsageError (one line) if unusable."""
+def load_model(path: str, device) -> tuple[Segmenter, list[str]]:
+    """(Segmenter, warnings) of a checkpoint; UsageError (one line) if unusable."""
     from a3c.checkpoint import CheckpointError, load_checkpoint
     from a3c.config import ConfigError
     from a3c.evaluate import model_from_checkpoint
@@ -467,7 +479,7 @@ def load_model(path: str, device):
         raise UsageError(f"{path}: a PixelRL refinement checkpoint (env.kind {cfg.env.kind}, Fig. 5's baseline) needs "
                          "a coarse map per image; segment takes PixelDRL-MG checkpoints")
     prep, warnings = preprocess_from_checkpoint(ckpt, cfg, str(path))
-    return model, cfg, prep, warnings
+    return Segmenter(model, cfg, prep, device), warnings
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -499,7 +511,7 @@ def run(args) -> int:
     """Segment every input; the exit status. An output folder made here and left empty is removed."""
     try:
         device = resolve_device(args.device)
-        model, cfg, prep, warnings = load_model(args.ckpt, device)
+        net, warnings = load_model(args.ckpt, device)
         out_dir = Path(args.out)
         if out_dir.exists() and not out_dir.is_dir():
             raise UsageError(f"{out_dir}: exists and is not a folder (--out names the output folder)")
@@ -511,12 +523,12 @@ def run(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        return _segment_all(args, model, cfg, prep, device, warnings)
+        return _segment_all(args, net, warnings)
     finally:
         remove_empty_dirs(created)  # a folder this run made and left empty (every input failed) goes
 
 
-def _segment_all(args, model, cfg, prep, device, warnings) -> int:
+def _segment_all(args, net: Segmenter, warnings) -> int:
     from tqdm import tqdm
 
     for w in warnings:
@@ -539,7 +551,7 @@ def _segment_all(args, model, cfg, prep, device, warnings) -> int:
                 bar.update(k)
 
             try:
-                written = segment_input(src, kind, model, cfg, prep, args, device, claimed, progress)
+                written = segment_input(src, kind, net, args, claimed, progress)
             except (InputError, OSError) as exc:
                 msg = str(exc) if isinstance(exc, InputError) else (
                     f"{src}: cannot write {getattr(exc, 'filename', None) or 'output'} "
@@ -561,7 +573,7 @@ def _segment_all(args, model, cfg, prep, device, warnings) -> int:
         raise
     bar.close()
     print(f"segmented {n_ok} of {n_ok + len(errors)} input(s) ({n_slices} slice(s), t_max "
-          f"{int(args.t_max or cfg.env.t_max)}, device {device}) into {args.out}"
+          f"{int(args.t_max or net.cfg.env.t_max)}, device {net.device}) into {args.out}"
           + (f"; {len(errors)} error(s)" if errors else ""))
     return 2 if errors else 0
 
