@@ -89,8 +89,10 @@ def save_pngs(examples, store, out_dir: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------ output
-def result_dict(res, cfg, ckpt: dict, args, t_max: int, device, n: int) -> dict:
+def result_dict(res, cfg, ckpt: dict, args, t_max: int, device) -> dict:
+    """The ``--json`` record of an evaluation: metrics, provenance and the per-slice rows."""
     keys = METRIC_KEYS
+    n = len(res.per_image)
     counters = ckpt.get("counters", {}) or {}
     out = {k: res.summary[k]["mean"] for k in keys}
     out["std"] = {k: res.summary[k]["std"] for k in keys}
@@ -195,7 +197,7 @@ def run(args) -> int:
             written = save_pngs(res.examples, store, out_dir)
             print(f"wrote {len(written)} PNGs to {out_dir}")
         if args.json:
-            write_json_atomic(result_dict(res, cfg, ckpt, args, t_max, device, len(res.per_image)), Path(args.json))
+            write_json_atomic(result_dict(res, cfg, ckpt, args, t_max, device), Path(args.json))
             print(f"wrote {args.json}")
     except OSError as exc:
         name = getattr(exc, "filename", None) or args.json or args.save_png
