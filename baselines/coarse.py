@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -51,16 +52,28 @@ def coarse_maps(model: torch.nn.Module, images: np.ndarray, masks: np.ndarray, i
     return prob.clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
 
 
-def write_coarse_store(ckpt_path: str | Path, data: str | Path, out: str | Path, device: str = "auto",
-                       batch: int = 32, overwrite: bool = False, progress: bool = True) -> Path:
-    """Make ``out``: ``data`` with the baseline's probability map as a last image channel. Returns ``out``."""
-    out = check_target(out)  # a folder, FIFO, device or socket is never replaced
+@dataclass(frozen=True)
+class CoarseJob:
+    """One coarse-map store to make, as the command line gives it: the baseline checkpoint, the input
+    store, the output path, the device (auto, cpu, cuda) and the slices per forward pass."""
+
+    ckpt_path: str | Path
+    data: str | Path
+    out: str | Path
+    device: str = "auto"
+    batch: int = 32
+
+
+def write_coarse_store(job: CoarseJob, *, overwrite: bool = False, progress: bool = True) -> Path:
+    """Make ``job.out``: ``job.data`` with the baseline's probability map as a last image channel. Returns the path."""
+    ckpt_path, data, batch = job.ckpt_path, job.data, job.batch
+    out = check_target(job.out)  # a folder, FIFO, device or socket is never replaced
     if out.exists() and not overwrite:
         raise UsageError(f"{out}: exists (--overwrite replaces it)")
     if out.resolve() == Path(data).resolve():
         raise UsageError(f"{out}: is the input store; write the copy elsewhere")
     store = SliceStore(data)
-    dev = resolve_device(device)
+    dev = resolve_device(job.device)
     try:
         model, ckpt = model_from_baseline_checkpoint(ckpt_path, dev)
     except CheckpointError as exc:
@@ -119,8 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         with sigterm_as_interrupt():
-            path = write_coarse_store(args.ckpt, args.data, args.out, args.device, args.batch, args.overwrite,
-                                      not args.no_progress)
+            job = CoarseJob(args.ckpt, args.data, args.out, args.device, args.batch)
+            path = write_coarse_store(job, overwrite=args.overwrite, progress=not args.no_progress)
     except (UsageError, StoreError, CheckpointError, TargetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
