@@ -19,6 +19,8 @@ import yaml
 
 from a3c.augment import AUGMENT_MODES
 
+SELECTIONS = ("best", "last")  # eval.select: the checkpoint the end-of-run test headlines
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
@@ -144,6 +146,8 @@ class EvalConfig:
     max_slices: int = _f(0, "evaluate at most this many validation slices; 0 = all")
     images: int = _f(3, "validation slices shown as images in TensorBoard")
     poll_s: float = _f(2.0, "seconds between looks for a new checkpoint")
+    select: str = _f("best", "checkpoint the end-of-run test headlines: best (best.pt, the best validation Dice) "
+                             "or last (latest.pt, the final parameters); both are scored in test_metrics.json")
 
 
 @dataclass
@@ -371,6 +375,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("optim.lr and optim.lr_step_epochs must be positive")
     if cfg.train.checkpoint_interval_s <= 0 or cfg.eval.poll_s <= 0:
         raise ConfigError("train.checkpoint_interval_s and eval.poll_s must be positive")
+    if cfg.eval.select not in SELECTIONS:
+        raise ConfigError(f"eval.select: expected one of {', '.join(SELECTIONS)}, got {cfg.eval.select!r}")
     if cfg.data.augment not in AUGMENT_MODES:
         raise ConfigError(f"data.augment: expected one of {', '.join(AUGMENT_MODES)}, got {cfg.data.augment!r}")
 

@@ -15,8 +15,8 @@ Process topology (``--backend local``: processes started with ``spawn`` on this 
 The launcher describes the run once (``workers.run.RunSpec``) and hands it to the backend's
 supervisor (``workers.supervisor``), which watches the children: a dead worker is replaced (up
 to ``train.max_worker_restarts`` in all), a dead server or monitor ends the run with an error,
-Ctrl-C stops the run with a final checkpoint. At the end the launcher evaluates ``best.pt`` on
-the test split and prints the metrics.
+Ctrl-C stops the run with a final checkpoint. At the end the launcher evaluates ``best.pt`` and
+``latest.pt`` on the test split and prints the metrics of the one ``eval.select`` names.
 With several CUDA workers on one GPU it starts a private MPS daemon for the run where it can
 (``workers.mps.plan_mps``; ``--no-mps`` to go without) and then turns cuDNN autotuning on
 (``train.cudnn_benchmark: auto``); on CUDA it says what it chose, and why, in one line.
@@ -392,25 +392,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(run: Path, store: SliceStore, cfg: Config, device: torch.device, wall: float) -> int:
-    """Evaluate the best checkpoint on the test split; print and save the metrics."""
+    """Evaluate best.pt and latest.pt on the test split; print the one ``eval.select`` names and save
+    both (``by_selection``) with it as the headline. Without best.pt (no validation) latest.pt is both."""
     ckpts = run / "checkpoints"
-    path = ckpts / "best.pt" if (ckpts / "best.pt").exists() else ckpts / "latest.pt"
+    paths = {"best": ckpts / "best.pt", "last": ckpts / "latest.pt"}
+    if not paths["best"].exists():
+        paths["best"] = paths["last"]
     try:
         store.indices(cfg.data.test_split)
     except StoreError as exc:
         print(f"training done in {wall:.0f} s; no test evaluation ({exc})", file=sys.stderr)
         return 0
-    res, _, ckpt = evaluate_checkpoint(str(path), store, cfg.data.test_split, device)
-    info = {"checkpoint": str(path), "updates": int(ckpt["counters"]["updates"]),
+    scored = {rule: evaluate_checkpoint(str(path), store, cfg.data.test_split, device)
+              for rule, path in paths.items()}
+    path = paths[cfg.eval.select]
+    res, _, ckpt = scored[cfg.eval.select]
+    info = {"checkpoint": str(path), "selection": cfg.eval.select, "updates": int(ckpt["counters"]["updates"]),
             "epoch": float(ckpt["counters"]["epoch"]), "split": cfg.data.test_split,
             "slices": len(res.per_image), "wall_s": round(wall, 1),
             "params": int(ckpt["params"]), **{k: v["mean"] for k, v in res.summary.items()},
             "std": {k: v["std"] for k, v in res.summary.items()}, "step_dice": res.step_dice,
-            "per_image": res.per_image}
+            "per_image": res.per_image,
+            "by_selection": {rule: {"checkpoint": str(paths[rule]), "updates": int(c["counters"]["updates"]),
+                                    **{k: v["mean"] for k, v in r.summary.items()}, "step_dice": r.step_dice,
+                                    "per_image": r.per_image}
+                             for rule, (r, _, c) in scored.items()}}
     write_json_atomic(info, run / "test_metrics.json")
     print(f"\ntest split '{cfg.data.test_split}' ({len(res.per_image)} slices), {path.name} "
           f"from update {info['updates']}, trained {wall:.0f} s:")
     print(table_row(res, info["params"]))
+    other = "last" if cfg.eval.select == "best" else "best"
+    if paths[other] != path:
+        print(f"({paths[other].name} from update {info['by_selection'][other]['updates']}: test Dice "
+              f"{info['by_selection'][other]['dice']:.4f}; eval.select={other} makes it the headline)")
     return 0
 
 

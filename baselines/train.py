@@ -5,7 +5,7 @@
     python -m baselines.train MODEL --data FILE.h5 --out DIR [--epochs N | --max-updates N]
         [--batch 8] [--lr 1e-3] [--image-size S] [--device auto|cpu|cuda] [--seed 0]
         [--train-split train] [--val-split val] [--test-split test] [--width W]
-        [--val-every N] [--threads N] [--no-progress]
+        [--val-every N] [--threads N] [--augment none|flip|d4] [--select best|last] [--no-progress]
 
 or ``train_baseline(name, store_path, out_dir, ...)`` (``train_options(BaselineOptions(...))``) from
 Python (returns the test-metrics dict).
@@ -17,8 +17,10 @@ one epoch is ``ceil(n_train / batch)`` updates. ``--augment`` (default none) mir
 drawn slice (``a3c.augment``), as ``data.augment`` does for PixelDRL-MG. Every ``--val-every`` updates
 (default: one epoch) and after the last update the model's mean per-slice Dice on the val split
 (``a3c.metrics.overlap_metrics``, the same Dice as the test table) is measured; a strictly better
-one is saved atomically to ``DIR/best.pt`` (``--val-split none``: no validation, the final model
-is saved). The best checkpoint is then reloaded and evaluated on the test split: prediction
+one is saved atomically to ``DIR/best.pt``, and the final model to ``DIR/last.pt``
+(``--val-split none``: no validation, the final model is saved as ``best.pt``). Both checkpoints
+are reloaded and evaluated on the test split (``by_selection`` in the JSON); ``--select best``
+(default) or ``last`` says which one is the headline row. Prediction
 ``sigmoid(logits) > 0.5`` at the network's input size (``--image-size``, as PixelDRL-MG's
 evaluation), per-slice ``a3c.metrics.segmentation_metrics`` with the store's spacing scaled to
 that size (HD95 in mm where the store records spacing, else pixels), aggregated with
@@ -69,6 +71,7 @@ __all__ = ["BaselineError", "BaselineOptions", "DEFAULT_EPOCHS", "evaluate_basel
 
 DEFAULT_EPOCHS = 50
 THRESHOLD = 0.5
+SELECTIONS = ("best", "last")  # the checkpoint the test scores: best val Dice, or the final model
 LOSS_NAME = "DiceCELoss(sigmoid=True): soft Dice + BCE-with-logits, weights 1 and 1"
 NO_SPLIT = ("", "none")
 
@@ -139,7 +142,9 @@ class BaselineOptions:
 
     Schedule: ``max_updates`` updates if given, else ``epochs`` (default ``DEFAULT_EPOCHS``) times
     ``ceil(n_train / batch)``. ``val_every`` 0 = once per epoch. ``val_split`` None/"none" = no
-    validation (the final model is kept). ``width``: a number or a name of ``WIDTHS``. ``threads``
+    validation (the final model is kept). ``select``: which checkpoint the test scores, ``best``
+    (by val Dice) or ``last`` (the final model); both are saved and scored when there is a val
+    split. ``width``: a number or a name of ``WIDTHS``. ``threads``
     > 0 sets torch's intra-op threads for the run (restored afterwards; default 1, as PixelDRL-MG's
     workers); 0 keeps torch's default.
     """
@@ -161,6 +166,7 @@ class BaselineOptions:
     val_every: int = 0
     threads: int = 1
     augment: str = "none"
+    select: str = "best"
 
     def __post_init__(self) -> None:
         self.store_path, self.out_dir = str(self.store_path), str(self.out_dir)
@@ -172,6 +178,8 @@ class BaselineOptions:
             raise BaselineError(f"unknown model {self.name!r}; known: {', '.join(BASELINES)}")
         if self.augment not in AUGMENT_MODES:
             raise BaselineError(f"unknown augmentation {self.augment!r}; known: {', '.join(AUGMENT_MODES)}")
+        if self.select not in SELECTIONS:
+            raise BaselineError(f"unknown model selection {self.select!r}; known: {', '.join(SELECTIONS)}")
         try:
             width = parse_width(self.width)
         except ValueError as exc:
@@ -318,22 +326,30 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
                               f"(best {best:.4f} at {best_update})", file=sys.stderr)
             elif u % 10 == 0:
                 bar.set_postfix(loss=f"{loss_ema:.3f}")
-        if not o.val_split:
+        if o.val_split:
+            save_checkpoint(checkpoint(total, history[-1]["val_dice"]), out / "last.pt")
+        else:
             best_update = total
             save_checkpoint(checkpoint(total, None), ckpt_path)
     finally:
         bar.close()
     train_s = time.perf_counter() - t_train
 
-    # ---------------------------------------------------------------- test the best checkpoint
-    model, _ = model_from_baseline_checkpoint(ckpt_path, dev)
-    tbar = tqdm(total=n_test, unit="slice", desc=f"test {o.test_split}", file=sys.stderr, dynamic_ncols=True,
-                disable=not r.progress)
-    try:
-        res = evaluate_baseline(model, store.batches(o.test_split, eval_batch), dev, o.image_size,
-                                meta=store.meta, options=EvalOptions(progress=tbar.update))
-    finally:
-        tbar.close()
+    # ---------------------------------------------------------------- test the selected checkpoint
+    def score(path: Path):
+        model, _ = model_from_baseline_checkpoint(path, dev)
+        tbar = tqdm(total=n_test, unit="slice", desc=f"test {o.test_split} ({path.name})", file=sys.stderr,
+                    dynamic_ncols=True, disable=not r.progress)
+        try:
+            return evaluate_baseline(model, store.batches(o.test_split, eval_batch), dev, o.image_size,
+                                     meta=store.meta, options=EvalOptions(progress=tbar.update))
+        finally:
+            tbar.close()
+
+    paths = {"best": ckpt_path, "last": out / "last.pt"} if o.val_split else {"best": ckpt_path}
+    scored = {rule: score(path) for rule, path in paths.items()}
+    select = o.select if o.val_split else "best"
+    res, ckpt_path = scored[select], paths[select]
     wall = time.perf_counter() - t_start
     result = {k: res.summary[k]["mean"] for k in METRIC_KEYS}
     result["std"] = {k: res.summary[k]["std"] for k in METRIC_KEYS}
@@ -345,13 +361,18 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
         "batch": o.batch, "lr": o.lr, "seed": o.seed, "loss": LOSS_NAME, "optimizer": "Adam (constant lr)",
         "threshold": THRESHOLD, "augment": o.augment, "best_update": best_update,
         "best_val_dice": best if o.val_split else None,
+        "selection": o.select if o.val_split else "final (no validation)",
+        "by_selection": {rule: {k: one.summary[k]["mean"] for k in METRIC_KEYS} | {"per_image": one.per_image}
+                         for rule, one in scored.items()} if o.val_split else None,
         "val_history": history, "device": str(dev), "threads": torch.get_num_threads(),
         "train_s": train_s, "wall_s": wall, "command": r.command,
         "per_image": res.per_image,
     })
     write_json_atomic(result, out / "test_metrics.json")
     if o.val_split:
-        say(f"best val Dice {best:.4f} at update {best_update}; {len(res.per_image)} test slices; "
+        say(f"best val Dice {best:.4f} at update {best_update}; scored: the {select} checkpoint "
+            f"(test Dice {scored['best'].summary['dice']['mean']:.4f} best, "
+            f"{scored['last'].summary['dice']['mean']:.4f} last); {len(res.per_image)} test slices; "
             f"train {train_s:.1f} s, wall {wall:.1f} s")
     else:
         say(f"final model (no validation); {len(res.per_image)} test slices; train {train_s:.1f} s, wall {wall:.1f} s")
@@ -370,7 +391,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit status 0 on success, 2 on bad input (one 'error: ...' line on stderr).")
     ap.add_argument("model", metavar="MODEL", help=f"one of: {', '.join(BASELINES)}")
     ap.add_argument("--data", required=True, metavar="FILE.h5", help="HDF5 slice store")
-    ap.add_argument("--out", required=True, metavar="DIR", help="output folder (best.pt, test_metrics.json)")
+    ap.add_argument("--out", required=True, metavar="DIR", help="output folder (best.pt, last.pt, test_metrics.json)")
     sched = ap.add_mutually_exclusive_group()
     sched.add_argument("--epochs", type=positive_float, default=None, metavar="N",
                        help=f"epochs of ceil(n_train / batch) updates (default {DEFAULT_EPOCHS})")
@@ -396,6 +417,10 @@ def _parser() -> argparse.ArgumentParser:
                          "shared with other jobs, see docs/BASELINES.md)")
     ap.add_argument("--augment", choices=AUGMENT_MODES, default="none",
                     help="random transform of each training slice (a3c/augment.py; default none)")
+    ap.add_argument("--select", choices=SELECTIONS, default="best",
+                    help="checkpoint the test scores: best = best val Dice (default), last = the final "
+                         "model; with a val split both are saved (best.pt, last.pt) and scored in "
+                         "test_metrics.json's by_selection")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
 
@@ -408,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               batch=args.batch, lr=args.lr, image_size=args.image_size, device=args.device,
                               seed=args.seed, train_split=args.train_split, val_split=args.val_split,
                               test_split=args.test_split, width=args.width, val_every=args.val_every,
-                              threads=args.threads, augment=args.augment)
+                              threads=args.threads, augment=args.augment, select=args.select)
     try:
         train_options(options, progress=not args.no_progress, log=print)
     except (BaselineError, StoreError, CheckpointError) as exc:

@@ -10,11 +10,19 @@ import pytest
 import torch
 
 from a3c.batch import prepare_batch
+from a3c.checkpoint import load_checkpoint
 from a3c.evaluate import EvalOptions, _scaled_spacing
 from a3c.metrics import METRIC_KEYS, TABLE_HEADER, aggregate_metrics, segmentation_metrics
 from a3c.params import numel
 from baselines.models import BASELINES, WIDTHS, build_baseline, parse_width
-from baselines.train import BaselineOptions, evaluate_baseline, main, model_from_baseline_checkpoint, train_baseline
+from baselines.train import (
+    BaselineError,
+    BaselineOptions,
+    evaluate_baseline,
+    main,
+    model_from_baseline_checkpoint,
+    train_baseline,
+)
 from datasets.store import SliceStore
 from tests.conftest import ROOT, run_module
 
@@ -132,7 +140,10 @@ def test_cli_writes_test_metrics(trained, tiny_store):
     assert [h["update"] for h in j["val_history"]] == [2, 4, 5]
     assert j["best_val_dice"] == max(h["val_dice"] for h in j["val_history"])
     assert j["wall_s"] > 0 and j["command"]["max_updates"] == 5
-    assert (trained["out"] / "best.pt").is_file()
+    assert (trained["out"] / "best.pt").is_file() and (trained["out"] / "last.pt").is_file()
+    assert j["selection"] == "best" and set(j["by_selection"]) == {"best", "last"}
+    assert j["by_selection"]["best"]["per_image"] == j["per_image"]
+    assert all(j["by_selection"]["best"][k] == j[k] for k in METRIC_KEYS)
     lines = trained["run"].stdout.splitlines()
     head = next(i for i, line in enumerate(lines) if line.split()[:6] == TABLE_HEADER.split())
     assert lines[head].split()[-1] == "Params" and lines[head + 1].endswith("0.41M")
@@ -159,12 +170,36 @@ def test_metrics_equal_recomputed_slice(trained, tiny_store):
 
 
 @pytest.mark.slow
+def test_last_selection_scores_the_final_model(tiny_store, tmp_path):
+    # Validation at updates 1, 2, 3: best.pt is whichever of them scored highest on val, last.pt
+    # is update 3; --select last makes last.pt the headline, and both rules are scored either way.
+    out = tmp_path / "last"
+    res = train_baseline("unet", tiny_store, out, max_updates=3, batch=2, width="tiny", val_every=1,
+                         select="last", progress=False)
+    model, ckpt = model_from_baseline_checkpoint(out / "last.pt")
+    assert ckpt["counters"]["updates"] == 3 and res["checkpoint"] == str((out / "last.pt").resolve())
+    assert res["selection"] == "last" and res["per_image"] == res["by_selection"]["last"]["per_image"]
+    best_ckpt = load_checkpoint(out / "best.pt")
+    assert best_ckpt["counters"]["updates"] == res["best_update"]
+    store = SliceStore(tiny_store)
+    row = res["per_image"][0]
+    images, masks = store.read([row["index"]])
+    x, _ = prepare_batch(images, masks, "cpu", 0)
+    with torch.no_grad():
+        pred = torch.sigmoid(model(x))[0, 0] > 0.5
+    ref = segmentation_metrics(pred.numpy(), masks[0], spacing=store.meta(row["index"])["spacing"])
+    assert row["dice"] == pytest.approx(ref["dice"], abs=1e-12)
+    store.close()
+
+
+@pytest.mark.slow
 def test_api_without_validation_keeps_final_model(tiny_store, tmp_path):
     out = tmp_path / "bu"
     res = train_baseline("basic_unet", tiny_store, out, max_updates=2, batch=4, width="tiny", val_split="none",
                          progress=False)
     assert res == json.loads((out / "test_metrics.json").read_text())
     assert res["best_val_dice"] is None and res["val_history"] == [] and res["best_update"] == 2
+    assert res["by_selection"] is None and not (out / "last.pt").exists()
     assert res["command"] == asdict(BaselineOptions("basic_unet", str(tiny_store), str(out), max_updates=2, batch=4,
                                                     width="tiny", val_split="none"))
 
@@ -186,6 +221,7 @@ BAD = {
     "unknown val split": (["unet", "--val-split", "train_7"], "unknown split"),
     "bad width": (["unet", "--width", "wide"], "width"),
     "both schedules": (["unet", "--epochs", "1"], "not allowed with"),
+    "unknown selection": (["unet", "--select", "median"], "invalid choice"),
 }
 
 
@@ -206,7 +242,7 @@ def test_bad_input_one_line_exit_2(case, tiny_store, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert needle in err[-1] and err[-1].startswith(("error:", "usage:", "python -m baselines.train: error:"))
-    if case != "both schedules":
+    if case not in ("both schedules", "unknown selection"):  # argparse: a usage line first
         assert len(err) == 1 and err[0].startswith("error: ")
     assert not (tmp_path / "out" / "test_metrics.json").exists()
 
@@ -231,3 +267,8 @@ def test_baselines_import_only_a3c_and_datasets():
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module.split(".")[0])
         assert names & project <= {"a3c", "datasets", "baselines"}, (path, names & project)
+
+
+def test_unknown_selection_refused_by_the_api():
+    with pytest.raises(BaselineError, match="unknown model selection 'median'"):
+        BaselineOptions("unet", "x.h5", "out", select="median").checked()

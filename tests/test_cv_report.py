@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tools.cv_report import collapsed_seeds, cv_markdown, main, paired, patient_means, pooled
+from tools.cv_report import collapsed_seeds, cv_markdown, main, paired, patient_means, pooled, selected
 
 
 def cell(method, seed, fold, rows, step_dice=()):
@@ -101,3 +101,20 @@ def test_runs_as_a_script(results, tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "## Pooled over patients" in proc.stdout
+
+
+def test_selected_takes_the_other_checkpoints_scores(results, tmp_path, capsys):
+    last = cell("RL", 0, 0, [("a", 0.1, 0.05)], (0.2, 0.1))
+    r = results[0] | {"selection": "best", "by_selection": {"best": {}, "last": {k: last[k] for k in
+                                                                             ("per_image", "step_dice")}}}
+    assert selected(r, "best") is r
+    s = selected(r, "last")
+    assert s["selection"] == "last" and s["per_image"] == last["per_image"] and s["step_dice"] == [0.2, 0.1]
+    assert r["per_image"] != last["per_image"]  # the input is left as it was
+    with pytest.raises(ValueError, match="no scores of its 'last' checkpoint"):
+        selected(results[1], "last")
+    a = write_folder(tmp_path / "a", [r])
+    assert main([f"{a}=A@last"]) == 0 and "| A RL | 1 | 1 | 0.1000" in capsys.readouterr().out
+    b = write_folder(tmp_path / "b", results[1:2])
+    assert main([f"{b}=B@last"]) == 2 and "predates by_selection" in capsys.readouterr().err
+    assert main([f"{b}=B@median"]) == 2 and "best or last, got 'median'" in capsys.readouterr().err

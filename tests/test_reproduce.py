@@ -62,6 +62,13 @@ def test_experiments_with_baselines_write_their_tables(tiny_store, tmp_path, exp
             assert cases == {c.decode() for c in f["case_id"][()]}
         for section in ("## Pooled over patients", "## Dice per patient", "## Collapsed runs", "## Paired per-patient"):
             assert section in table
+        for r in lines:  # both trainers scored their best-validation and their final checkpoint
+            cell = json.loads((out / "cells" / r["id"] / "result.json").read_text())
+            assert cell["selection"] == "best" and set(cell["by_selection"]) == {"best", "last"}
+            assert cell["by_selection"]["best"]["per_image"] == cell["per_image"]
+            assert len(cell["by_selection"]["last"]["per_image"]) == len(cell["per_image"])
+        again = reproduce(tiny_store, out, experiment, *extra, "--select", "last")
+        assert again.returncode == 2 and "was scored with another --select than last" in again.stderr
     if experiment == "table4":
         assert {r["train_split"] for r in lines} == {"train_50", "train_100", "train"}
 

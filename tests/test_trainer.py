@@ -85,6 +85,10 @@ def test_end_to_end_two_workers(tiny_store, tmp_path):
     assert heard == [0, 1], server_log  # the progress bar's warm-up count: once per worker rank
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert 0.0 <= metrics["dice"] <= 1.0 and "DICE" in res.stdout
+    assert metrics["selection"] == "best" and metrics["checkpoint"].endswith("best.pt")
+    last = metrics["by_selection"]["last"]  # the final parameters are scored beside the headline
+    assert last["checkpoint"].endswith("latest.pt") and last["updates"] == 12
+    assert metrics["by_selection"]["best"]["per_image"] == metrics["per_image"]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

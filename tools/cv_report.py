@@ -22,6 +22,8 @@ e.g. two recipes and extra seeds of a baseline::
 
 ``DIR=LABEL`` prefixes the methods of ``DIR`` with ``LABEL`` (cells of one label and method from
 several folders pool as seeds of one method); the first method listed is the one compared.
+``DIR=LABEL@last`` (or ``@best``) scores each cell on that checkpoint, from its ``by_selection``
+(both trainers test the best-validation and the final checkpoint).
 """
 from __future__ import annotations
 
@@ -165,10 +167,26 @@ def cv_markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def selected(result: dict, rule: str) -> dict:
+    """``result`` with its ``metrics``, ``step_dice`` and ``per_image`` taken from the checkpoint that
+    ``rule`` (best or last) selects; ValueError when the cell did not score that checkpoint."""
+    if rule == result.get("selection", "best"):
+        return result
+    other = (result.get("by_selection") or {}).get(rule)
+    if other is None:
+        raise ValueError(f"cell {result.get('id', '?')} has no scores of its {rule!r} checkpoint "
+                         f"(its result.json predates by_selection)")
+    return result | other | {"selection": rule}
+
+
 def load_cells(spec: str) -> list[dict]:
-    """``DIR`` or ``DIR=LABEL`` -> the finished cells (``DIR/cells/*/result.json``) of a cv folder,
-    each method renamed ``LABEL METHOD`` when a label is given. Raises ValueError (one line)."""
+    """``DIR``, ``DIR=LABEL`` or ``DIR=LABEL@RULE`` -> the finished cells (``DIR/cells/*/result.json``)
+    of a cv folder, each method renamed ``LABEL METHOD`` when a label is given and scored on the
+    checkpoint ``RULE`` (best or last) selects when one is given. Raises ValueError (one line)."""
     folder, _, label = spec.partition("=")
+    label, _, rule = label.partition("@")
+    if rule and rule not in ("best", "last"):
+        raise ValueError(f"{spec}: the rule after @ is best or last, got {rule!r}")
     paths = sorted(Path(folder).glob("cells/*/result.json"))
     if not paths:
         raise ValueError(f"{folder}: no finished cells (cells/*/result.json)")
@@ -180,6 +198,11 @@ def load_cells(spec: str) -> list[dict]:
             raise ValueError(f"{p}: not a readable cell result ({exc})") from None
         if "fold" not in r or "per_image" not in r:
             raise ValueError(f"{p}: not a cross-validation cell (no fold or per-slice rows)")
+        if rule:
+            try:
+                r = selected(r, rule)
+            except ValueError as exc:
+                raise ValueError(f"{p}: {exc}") from None
         if label:
             r["row"] = f"{label} {r['row']}"
         cells.append(r)
@@ -189,7 +212,8 @@ def load_cells(spec: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python tools/cv_report.py",
                                  description="Merge reproduce.py cv folders into one cross-validation report.")
-    ap.add_argument("folders", nargs="+", metavar="DIR[=LABEL]", help="cv output folders, optionally labelled")
+    ap.add_argument("folders", nargs="+", metavar="DIR[=LABEL]", help="cv output folders, optionally labelled, "
+                    "optionally with the checkpoint rule: DIR=LABEL@last")
     ap.add_argument("--first", default=None, help="method the paired comparisons start from (default: the first)")
     ap.add_argument("--out", default=None, help="also write the markdown to this file")
     args = ap.parse_args(argv)

@@ -160,7 +160,7 @@ def command(cell: Cell, args, run: Path, resume: bool, data: str | None = None) 
             return py + ["-m", "a3c.launch", "--workers", str(args.workers), "--run-dir", str(run), "--resume",
                          "--data", data, "--device", args.device, "--no-progress"]
         overrides = [*cell.overrides, f"data.train_split={cell.train_split}", f"data.val_split={cell.val_split}",
-                     f"data.test_split={cell.test_split}", f"train.seed={cell.seed}"]
+                     f"data.test_split={cell.test_split}", f"train.seed={cell.seed}", f"eval.select={args.select}"]
         cfg = load_config(args.config, overrides)
         return py + ["-m", "a3c.launch", "--workers", str(args.workers), "--data", data, "--run-dir", str(run),
                      "--device", args.device, "--no-progress", *(["--config", args.config] if args.config else []),
@@ -169,7 +169,7 @@ def command(cell: Cell, args, run: Path, resume: bool, data: str | None = None) 
     return py + ["-m", "baselines.train", cell.method, "--data", args.data, "--out", str(run),
                  "--epochs", f"{max(args.baseline_epochs * args.budget, 1e-3):g}", "--width", args.baseline_width,
                  "--image-size", str(data_cfg.image_size), "--augment", data_cfg.augment,
-                 "--seed", str(cell.seed), "--device", args.device, "--no-progress",
+                 "--seed", str(cell.seed), "--device", args.device, "--no-progress", "--select", args.select,
                  "--train-split", cell.train_split, "--val-split", cell.val_split, "--test-split", cell.test_split]
 
 
@@ -199,12 +199,19 @@ def run_cell(cell: Cell, args, out: Path) -> dict:
     result = {"id": cell.id, "setting": cell.setting, "row": cell.row, "method": cell.method, "seed": cell.seed,
               "train_split": cell.train_split, "val_split": cell.val_split, "test_split": cell.test_split,
               **cell.extra, "params": int(metrics["params"]), "slices": int(metrics.get("slices", metrics.get("n", 0))),
-              "metrics": {k: float(metrics[k]) for k in METRIC_KEYS}, "wall_s": round(time.monotonic() - t0, 1),
-              "command": " ".join(cmd[1:]), "step_dice": metrics.get("step_dice", []),
-              "per_image": [{k: r.get(k) for k in ("case", "slice", "kept", "object", *METRIC_KEYS)}
-                            for r in metrics.get("per_image", [])]}
+              "wall_s": round(time.monotonic() - t0, 1), "command": " ".join(cmd[1:]),
+              "selection": metrics.get("selection", "best"), **scores(metrics),
+              "by_selection": {rule: scores(one) for rule, one in (metrics.get("by_selection") or {}).items()}}
     write_json_atomic(result, result_path)
     return result
+
+
+def scores(metrics: dict) -> dict:
+    """A trainer's test scores (``test_metrics.json`` or one of its ``by_selection`` entries) ->
+    the cell result's ``metrics`` (means), ``step_dice`` and slim ``per_image`` rows."""
+    return {"metrics": {k: float(metrics[k]) for k in METRIC_KEYS}, "step_dice": metrics.get("step_dice", []),
+            "per_image": [{k: r.get(k) for k in ("case", "slice", "kept", "object", *METRIC_KEYS)}
+                          for r in metrics.get("per_image", [])]}
 
 
 def logged(args: list[str], log: Path, cell: Cell) -> None:
@@ -335,6 +342,9 @@ def parse_args(argv):
                     help="cv: number of patient folds K (default 4: 8 patients, 2 test patients a fold)")
     ap.add_argument("--coarse", default="unet,unet_plus_plus",
                     help="fig5's baselines whose masks PixelRL refines (default unet,unet_plus_plus)")
+    ap.add_argument("--select", choices=("best", "last"), default="best",
+                    help="checkpoint each cell's test headlines: best = best validation Dice (default), last = "
+                         "the final parameters; both are scored and kept in result.json's by_selection")
     ap.add_argument("--no-progress", action="store_true", help="print nothing but errors and the table")
     return ap.parse_args(argv)
 
@@ -396,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
         cells = plan(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    clash = [c.id for c in cells if (out / "cells" / c.id / "result.json").exists()
+             and json.loads((out / "cells" / c.id / "result.json").read_text()).get("selection", "best") != args.select]
+    if clash:
+        print(f"error: {out}: cell {clash[0]} was scored with another --select than {args.select}; use another "
+              f"--out (tools/cv_report.py DIR=LABEL@{args.select} reads the other rule's scores)", file=sys.stderr)
         return 2
     say = (lambda *a: None) if args.no_progress else (lambda msg: print(msg, flush=True))
     results = []
