@@ -16,6 +16,40 @@ def run_module(args: list[str], timeout: float = 180, env: dict | None = None, *
                           timeout=timeout, **kw)
 
 
+SLOW_THEN_SIGTERM = """
+import importlib, sys, time
+target = importlib.import_module({target!r})
+orig = getattr(target, {attr!r})
+def slow(*a, **k):
+    out = orig(*a, **k)
+    print("LOADED", flush=True)
+    time.sleep(60)
+    return out
+setattr(target, {attr!r}, slow)
+sys.exit(importlib.import_module({tool!r}).main(sys.argv[1:]))
+"""
+
+
+def sigterm_midway(tool: str, target: str, attr: str, argv: list[str], midway=None) -> tuple[int, str]:
+    """Run ``tool``'s ``main(argv)`` in a subprocess where ``target.attr`` pauses after its first
+    call; there call ``midway()`` (checks of the half-done state) and SIGTERM it -> (exit status, stderr)."""
+    import signal
+
+    code = SLOW_THEN_SIGTERM.format(target=target, attr=attr, tool=tool)
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, argv)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        line = proc.stdout.readline().strip()
+        assert line == "LOADED", (line, proc.stderr.read() if proc.poll() is not None else "")
+        if midway is not None:
+            midway()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, err
+
+
 def wait_for(cond, timeout=60.0, what="condition"):
     """Poll ``cond()`` every 0.1 s until it is true; AssertionError naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -152,36 +152,19 @@ def test_synth_bounds_size_and_seed(tmp_path, capsys):
 
 
 # ================================================================ 8. SIGTERM
-SLOW = """
-import sys, time
-import datasets.{module} as m
-orig = m.{loader}
-def slow(*a, **k):
-    out = orig(*a, **k)
-    print("LOADED", flush=True)
-    time.sleep(60)
-    return out
-m.{loader} = slow
-sys.exit(m.main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.parametrize("module, loader", [("convert", "load_lgg"), ("synth", "generate_case")])
 def test_sigterm_leaves_no_temporary_store(lgg, tmp_path, module, loader):
+    from tests.conftest import sigterm_midway
+
     out = tmp_path / "o.h5"
     args = ["lgg", str(lgg), "--out", str(out), "--quiet"] if module == "convert" else \
         ["--out", str(out), "--cases", "2", "--size", "16", "--slices", "1"]
-    proc = subprocess.Popen([sys.executable, "-c", SLOW.format(module=module, loader=loader), *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
-    try:
-        assert proc.stdout.readline().strip() == "LOADED"
-        assert [p for p in tmp_path.iterdir() if p.name.startswith(".o.h5.")]  # the store is being written
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err
+
+    def being_written():
+        assert [p for p in tmp_path.iterdir() if p.name.startswith(".o.h5.")]
+
+    rc, err = sigterm_midway(f"datasets.{module}", f"datasets.{module}", loader, args, midway=being_written)
+    assert rc == 143, err
     assert err.strip().splitlines() == [f"datasets.{module}: interrupted; no output written"]
     assert list(tmp_path.iterdir()) == []
 

@@ -190,3 +190,30 @@ def test_bad_input_subprocess(bad, case, module, tmp_path):
     out = tmp_path / "out.json"
     r = run(*args, "--json", out, module=module)
     _check_error(r.returncode, r.stderr, needle, out)
+
+
+def test_sigterm_midway_writes_nothing_and_removes_the_png_folder_it_made(fx, tmp_path):
+    from tests.conftest import sigterm_midway
+
+    out, png = tmp_path / "o.json", tmp_path / "new" / "png"
+    rc, err = sigterm_midway("tools.eval_ckpt", "a3c.evaluate", "evaluate_checkpoint",
+                             ["--ckpt", fx["ckpt"], "--data", fx["store"], "--json", out, "--save-png", png,
+                              "--no-progress"])
+    assert rc == 143 and err.strip().splitlines() == ["interrupted; no JSON written"], err
+    assert list(tmp_path.iterdir()) == []  # neither the JSON nor the two folders made for the PNGs
+
+
+def test_failed_evaluation_removes_the_png_folder_it_made(fx, tmp_path, monkeypatch, capsys):
+    import a3c.evaluate
+    from tools.eval_ckpt import main as eval_main
+
+    def broken(*a, **k):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(a3c.evaluate, "evaluate_checkpoint", broken)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert eval_main(["--ckpt", str(fx["ckpt"]), "--data", str(fx["store"]), "--save-png", str(kept / "a" / "b"),
+                      "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == "error: boom"
+    assert list(tmp_path.iterdir()) == [kept] and list(kept.iterdir()) == []  # a folder that was there stays

@@ -310,3 +310,14 @@ def test_cuda_unavailable(tmp_path, fx, capsys):
     rc, _, err = run_main(capsys, "--ckpt", fx["ckpt"], fx["pngs"] / "im0.png", "--out", tmp_path / "o",
                           "--device", "cuda")
     assert rc == 2 and err.startswith("error: --device cuda: CUDA is not available")
+
+
+def test_sigterm_midway_exits_143_and_removes_the_folder_it_made(fx, tmp_path):
+    from tests.conftest import sigterm_midway
+
+    out = tmp_path / "new" / "out"
+    rc, err = sigterm_midway("tools.segment", "tools.segment", "segment",
+                             ["--ckpt", fx["ckpt"], "--out", out, "--no-progress", fx["pngs"]])
+    assert rc == 143, err
+    assert err.strip().splitlines()[-1] == "interrupted; outputs written so far are complete, none is half-written"
+    assert list(tmp_path.iterdir()) == []  # nothing was written before the signal: no folder left

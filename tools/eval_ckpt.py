@@ -27,7 +27,15 @@ from typing import Sequence
 import numpy as np
 
 from a3c.cli import UsageError, non_negative_int, one_line, positive_int, resolve_device
-from a3c.fileio import TargetError, interrupt_status, probe_writable, sigterm_as_interrupt, write_json_atomic
+from a3c.fileio import (
+    TargetError,
+    interrupt_status,
+    make_dirs,
+    probe_writable,
+    remove_empty_dirs,
+    sigterm_as_interrupt,
+    write_json_atomic,
+)
 from a3c.metrics import METRIC_KEYS
 from tools.overlay import overlay_picture
 
@@ -140,70 +148,74 @@ def run(args) -> int:
         if store.image_shape[0] != channels:
             raise UsageError(f"{args.data}: images have {store.image_shape[0]} channel(s), the model of "
                              f"{args.ckpt} takes {channels}")
-        out_dir = None
+        out_dir, created = None, []
         if args.save_png:
             out_dir = Path(args.save_png)
             try:
-                out_dir.mkdir(parents=True, exist_ok=True)
+                created = make_dirs(out_dir)
             except OSError as exc:
                 raise UsageError(f"{out_dir}: cannot create the PNG folder ({exc.strerror or exc})") from None
     except (UsageError, CheckpointError, StoreError, TargetError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 
-    bar = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n, unit="slice", desc=f"eval {args.split}", file=sys.stderr, dynamic_ncols=True)
     try:
+        bar = None
+        if not args.no_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, unit="slice", desc=f"eval {args.split}", file=sys.stderr, dynamic_ncols=True)
         try:
-            options = EvalOptions(max_slices=args.max_slices, t_max=args.t_max,
-                                  keep_examples=n if out_dir is not None else 0,
-                                  progress=bar.update if bar is not None else None)
-            res, cfg, ckpt = evaluate_checkpoint(ckpt, store, args.split, device, options, batch_size=args.batch_size)
-        except (StoreError, CheckpointError) as exc:
-            raise UsageError(one_line(exc)) from None
-        except ConfigError as exc:
-            raise UsageError(f"{args.ckpt}: bad stored config ({one_line(exc)})") from None
-        except ValueError as exc:  # channel mismatch (already checked above) and friends
-            raise UsageError(one_line(exc)) from None
-        except (KeyError, RuntimeError, AssertionError, TypeError) as exc:
-            if isinstance(exc, torch.cuda.OutOfMemoryError):
-                raise
-            raise UsageError(f"{args.ckpt}: cannot rebuild or run the model "
-                             f"({type(exc).__name__}: {one_line(exc)})") from None
-    except UsageError as exc:
+            try:
+                options = EvalOptions(max_slices=args.max_slices, t_max=args.t_max,
+                                      keep_examples=n if out_dir is not None else 0,
+                                      progress=bar.update if bar is not None else None)
+                res, cfg, ckpt = evaluate_checkpoint(ckpt, store, args.split, device, options,
+                                                     batch_size=args.batch_size)
+            except (StoreError, CheckpointError) as exc:
+                raise UsageError(one_line(exc)) from None
+            except ConfigError as exc:
+                raise UsageError(f"{args.ckpt}: bad stored config ({one_line(exc)})") from None
+            except ValueError as exc:  # channel mismatch (already checked above) and friends
+                raise UsageError(one_line(exc)) from None
+            except (KeyError, RuntimeError, AssertionError, TypeError) as exc:
+                if isinstance(exc, torch.cuda.OutOfMemoryError):
+                    raise
+                raise UsageError(f"{args.ckpt}: cannot rebuild or run the model "
+                                 f"({type(exc).__name__}: {one_line(exc)})") from None
+        except UsageError as exc:
+            if bar is not None:
+                bar.leave = False
+                bar.close()
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            store.close()
         if bar is not None:
-            bar.leave = False
             bar.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+        t_max = int(args.t_max or cfg.env.t_max)
+        counters = ckpt.get("counters", {}) or {}
+        print(f"checkpoint {args.ckpt} (updates {int(counters.get('updates', 0))}, "
+              f"epoch {float(counters.get('epoch', 0.0)):.2f}), split {args.split} of {args.data}: "
+              f"{len(res.per_image)} slices, t_max {t_max}, device {device}")
+        print(table_row(res, int(ckpt["params"])))
+        print("Dice per step: " + " ".join(f"{v:.4f}" for v in res.step_dice))
+
+        try:
+            if out_dir is not None:
+                written = save_pngs(res.examples, store, out_dir)
+                print(f"wrote {len(written)} PNGs to {out_dir}")
+            if args.json:
+                write_json_atomic(result_dict(res, cfg, ckpt, args, t_max, device), Path(args.json))
+                print(f"wrote {args.json}")
+        except OSError as exc:
+            name = getattr(exc, "filename", None) or args.json or args.save_png
+            print(f"error: {name}: cannot write ({exc.strerror or one_line(exc)})", file=sys.stderr)
+            return 2
+        return 0
     finally:
-        store.close()
-    if bar is not None:
-        bar.close()
-
-    t_max = int(args.t_max or cfg.env.t_max)
-    counters = ckpt.get("counters", {}) or {}
-    print(f"checkpoint {args.ckpt} (updates {int(counters.get('updates', 0))}, "
-          f"epoch {float(counters.get('epoch', 0.0)):.2f}), split {args.split} of {args.data}: "
-          f"{len(res.per_image)} slices, t_max {t_max}, device {device}")
-    print(table_row(res, int(ckpt["params"])))
-    print("Dice per step: " + " ".join(f"{v:.4f}" for v in res.step_dice))
-
-    try:
-        if out_dir is not None:
-            written = save_pngs(res.examples, store, out_dir)
-            print(f"wrote {len(written)} PNGs to {out_dir}")
-        if args.json:
-            write_json_atomic(result_dict(res, cfg, ckpt, args, t_max, device), Path(args.json))
-            print(f"wrote {args.json}")
-    except OSError as exc:
-        name = getattr(exc, "filename", None) or args.json or args.save_png
-        print(f"error: {name}: cannot write ({exc.strerror or one_line(exc)})", file=sys.stderr)
-        return 2
-    return 0
+        remove_empty_dirs(created)  # a PNG folder this run made and left empty (a failed evaluation) goes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
