@@ -150,6 +150,15 @@ def test_cli_writes_test_metrics(trained, tiny_store):
     store.close()
 
 
+def recomputed(model, store, index: int) -> dict:
+    """Slice ``index`` of ``store`` scored by hand: the model's sigmoid > 0.5 against its mask."""
+    images, masks = store.read([index])
+    x, _ = prepare_batch(images, masks, "cpu", 0)
+    with torch.no_grad():
+        pred = torch.sigmoid(model(x))[0, 0] > 0.5
+    return segmentation_metrics(pred.numpy(), masks[0], spacing=store.meta(index)["spacing"])
+
+
 @pytest.mark.slow
 def test_metrics_equal_recomputed_slice(trained, tiny_store):
     j = trained["json"]
@@ -157,11 +166,7 @@ def test_metrics_equal_recomputed_slice(trained, tiny_store):
     assert ckpt["counters"]["updates"] == j["best_update"]
     store = SliceStore(tiny_store)
     row = j["per_image"][1]
-    images, masks = store.read([row["index"]])
-    x, g = prepare_batch(images, masks, "cpu", 0)
-    with torch.no_grad():
-        pred = torch.sigmoid(model(x))[0, 0] > 0.5
-    ref = segmentation_metrics(pred.numpy(), masks[0], spacing=store.meta(row["index"])["spacing"])
+    ref = recomputed(model, store, row["index"])
     for k in METRIC_KEYS:
         assert row[k] == pytest.approx(ref[k], abs=1e-12), k
     means = aggregate_metrics([{k: r[k] for k in METRIC_KEYS} for r in j["per_image"]])
@@ -183,12 +188,7 @@ def test_last_selection_scores_the_final_model(tiny_store, tmp_path):
     assert best_ckpt["counters"]["updates"] == res["best_update"]
     store = SliceStore(tiny_store)
     row = res["per_image"][0]
-    images, masks = store.read([row["index"]])
-    x, _ = prepare_batch(images, masks, "cpu", 0)
-    with torch.no_grad():
-        pred = torch.sigmoid(model(x))[0, 0] > 0.5
-    ref = segmentation_metrics(pred.numpy(), masks[0], spacing=store.meta(row["index"])["spacing"])
-    assert row["dice"] == pytest.approx(ref["dice"], abs=1e-12)
+    assert row["dice"] == pytest.approx(recomputed(model, store, row["index"])["dice"], abs=1e-12)
     store.close()
 
 
