@@ -403,8 +403,9 @@ def report(run: Path, store: SliceStore, cfg: Config, device: torch.device, wall
     except StoreError as exc:
         print(f"training done in {wall:.0f} s; no test evaluation ({exc})", file=sys.stderr)
         return 0
-    scored = {rule: evaluate_checkpoint(str(path), store, cfg.data.test_split, device)
-              for rule, path in paths.items()}
+    by_path = {path: evaluate_checkpoint(str(path), store, cfg.data.test_split, device)
+               for path in set(paths.values())}  # once each: without best.pt both rules name latest.pt
+    scored = {rule: by_path[path] for rule, path in paths.items()}
     path = paths[cfg.eval.select]
     res, _, ckpt = scored[cfg.eval.select]
     info = {"checkpoint": str(path), "selection": cfg.eval.select, "updates": int(ckpt["counters"]["updates"]),

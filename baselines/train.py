@@ -60,6 +60,7 @@ from a3c.checkpoint import (
     save_checkpoint,
 )
 from a3c.cli import UsageError, non_negative_int, one_line, positive_float, positive_int, resolve_device
+from a3c.config import SELECTIONS
 from a3c.evaluate import EvalOptions, EvalResult, limit_batches, score_batch, table_row
 from a3c.fileio import write_json_atomic
 from a3c.metrics import METRIC_KEYS, aggregate_metrics
@@ -71,7 +72,6 @@ __all__ = ["BaselineError", "BaselineOptions", "DEFAULT_EPOCHS", "evaluate_basel
 
 DEFAULT_EPOCHS = 50
 THRESHOLD = 0.5
-SELECTIONS = ("best", "last")  # the checkpoint the test scores: best val Dice, or the final model
 LOSS_NAME = "DiceCELoss(sigmoid=True): soft Dice + BCE-with-logits, weights 1 and 1"
 NO_SPLIT = ("", "none")
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from a3c.config import SELECTIONS
 from a3c.evaluate import mask_shares, policy_collapse
 from a3c.stats import bootstrap_ci, wilcoxon_signed_rank
 
@@ -185,7 +186,7 @@ def load_cells(spec: str) -> list[dict]:
     checkpoint ``RULE`` (best or last) selects when one is given. Raises ValueError (one line)."""
     folder, _, label = spec.partition("=")
     label, _, rule = label.partition("@")
-    if rule and rule not in ("best", "last"):
+    if rule and rule not in SELECTIONS:
         raise ValueError(f"{spec}: the rule after @ is best or last, got {rule!r}")
     paths = sorted(Path(folder).glob("cells/*/result.json"))
     if not paths:

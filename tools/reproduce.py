@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from a3c.cli import UsageError, one_line, positive_float, positive_int
-from a3c.config import ConfigError, load_config
+from a3c.config import SELECTIONS, ConfigError, load_config
 from a3c.fileio import write_atomic, write_bytes_atomic, write_json_atomic
 from a3c.metrics import METRIC_KEYS, TABLE_HEADER
 
@@ -342,7 +342,7 @@ def parse_args(argv):
                     help="cv: number of patient folds K (default 4: 8 patients, 2 test patients a fold)")
     ap.add_argument("--coarse", default="unet,unet_plus_plus",
                     help="fig5's baselines whose masks PixelRL refines (default unet,unet_plus_plus)")
-    ap.add_argument("--select", choices=("best", "last"), default="best",
+    ap.add_argument("--select", choices=SELECTIONS, default="best",
                     help="checkpoint each cell's test headlines: best = best validation Dice (default), last = "
                          "the final parameters; both are scored and kept in result.json's by_selection")
     ap.add_argument("--no-progress", action="store_true", help="print nothing but errors and the table")
