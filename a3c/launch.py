@@ -403,9 +403,13 @@ def report(run: Path, store: SliceStore, cfg: Config, device: torch.device, wall
     except StoreError as exc:
         print(f"training done in {wall:.0f} s; no test evaluation ({exc})", file=sys.stderr)
         return 0
-    by_path = {path: evaluate_checkpoint(str(path), store, cfg.data.test_split, device)
-               for path in set(paths.values())}  # once each: without best.pt both rules name latest.pt
-    scored = {rule: by_path[path] for rule, path in paths.items()}
+    loaded = {rule: load_checkpoint(path) for rule, path in paths.items()}
+    by_update: dict[int, tuple] = {}  # best.pt from the final update holds latest.pt's parameters: score them once
+    for c in loaded.values():
+        n = int(c["counters"]["updates"])
+        if n not in by_update:
+            by_update[n] = evaluate_checkpoint(c, store, cfg.data.test_split, device)
+    scored = {rule: by_update[int(c["counters"]["updates"])] for rule, c in loaded.items()}
     path = paths[cfg.eval.select]
     res, _, ckpt = scored[cfg.eval.select]
     info = {"checkpoint": str(path), "selection": cfg.eval.select, "updates": int(ckpt["counters"]["updates"]),

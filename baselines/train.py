@@ -347,7 +347,9 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
             tbar.close()
 
     paths = {"best": ckpt_path, "last": out / "last.pt"} if o.val_split else {"best": ckpt_path}
-    scored = {rule: score(path) for rule, path in paths.items()}
+    scored = {"best": score(ckpt_path)}
+    if o.val_split:  # a best checkpoint from the final update is the final model: no second test
+        scored["last"] = scored["best"] if best_update == total else score(paths["last"])
     select = o.select if o.val_split else "best"
     res, ckpt_path = scored[select], paths[select]
     wall = time.perf_counter() - t_start
