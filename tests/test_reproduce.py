@@ -93,6 +93,14 @@ def test_table3_ablation_switches_sam_and_dilation_and_resumes(tiny_store, tmp_p
     assert res.stdout.count("finished earlier, skipped") == 4
     assert {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/result.json")} == before
 
+    broken = sorted(before)[0]
+    broken.write_text('{"id": ')  # a result cut short: named, not trusted, not retrained over
+    res = run_module(["tools/reproduce.py", "table3", "--data", str(tiny_store), "--out", str(out), *QUICK[:-1]],
+                     timeout=120)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(err) == 1 and str(broken) in err[0] and "unreadable" in err[0], res.stderr
+    assert broken.read_text() == '{"id": '
+
 
 @pytest.mark.slow
 def test_fig7_sweeps_t_max_and_plots(tiny_store, tmp_path):

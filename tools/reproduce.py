@@ -173,12 +173,21 @@ def command(cell: Cell, args, run: Path, resume: bool, data: str | None = None) 
                  "--train-split", cell.train_split, "--val-split", cell.val_split, "--test-split", cell.test_split]
 
 
+def finished(out: Path, cell: Cell) -> dict | None:
+    """The result an earlier run of ``cell`` left in ``out``, or None; UsageError if it is unreadable."""
+    path = out / "cells" / cell.id / "result.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: unreadable ({one_line(exc)}); delete it to retrain the cell") from exc
+
+
 def run_cell(cell: Cell, args, out: Path) -> dict:
-    """Train ``cell`` unless its result exists; returns the result dict (metrics, params, wall time)."""
+    """Train ``cell`` in ``out``; returns the result dict (metrics, params, wall time)."""
     folder = out / "cells" / cell.id
     result_path = folder / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
     run = folder / "run"
     resume = cell.method in RL_METHODS and (run / "checkpoints" / "latest.pt").exists()
     if run.exists() and not resume:
@@ -404,11 +413,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cells = plan(args)
+        earlier = {c.id: finished(out, c) for c in cells}
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    clash = [c.id for c in cells if (out / "cells" / c.id / "result.json").exists()
-             and json.loads((out / "cells" / c.id / "result.json").read_text()).get("selection", "best") != args.select]
+    clash = [i for i, r in earlier.items() if r is not None and r.get("selection", "best") != args.select]
     if clash:
         print(f"error: {out}: cell {clash[0]} was scored with another --select than {args.select}; use another "
               f"--out (tools/cv_report.py DIR=LABEL@{args.select} reads the other rule's scores)", file=sys.stderr)
@@ -416,16 +425,18 @@ def main(argv: list[str] | None = None) -> int:
     say = (lambda *a: None) if args.no_progress else (lambda msg: print(msg, flush=True))
     results = []
     for i, cell in enumerate(cells, 1):
-        done = (out / "cells" / cell.id / "result.json").exists()
+        done = earlier[cell.id]
         say(f"[{i}/{len(cells)}] {cell.setting} · {cell.row} · seed {cell.seed}: "
             + ("finished earlier, skipped" if done else "training ..."))
+        if done:
+            results.append(done)
+            continue
         try:
             results.append(run_cell(cell, args, out))
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        if not done:
-            say(f"    Dice {results[-1]['metrics']['dice']:.4f} in {results[-1]['wall_s']:.0f} s")
+        say(f"    Dice {results[-1]['metrics']['dice']:.4f} in {results[-1]['wall_s']:.0f} s")
     rows = summarise(results)
     table = markdown(args.experiment, rows, args)
     if args.experiment == "cv":
