@@ -6,7 +6,7 @@ import h5py
 import pytest
 
 from a3c.metrics import METRIC_KEYS
-from tests.conftest import run_module
+from tests.conftest import ROOT, run_module
 
 QUICK = ["--config", "configs/smoke.yaml", "--budget", "0.2", "--baseline-epochs", "1", "--baseline-width", "tiny",
          "--device", "cpu", "--no-progress"]
@@ -68,6 +68,11 @@ def test_experiments_with_baselines_write_their_tables(tiny_store, tmp_path, exp
             assert cell["by_selection"]["best"]["per_image"] == cell["per_image"]
             assert len(cell["by_selection"]["last"]["per_image"]) == len(cell["per_image"])
         again = reproduce(tiny_store, out, experiment, *extra, "--select", "last")
+        assert again.returncode == 2 and "was scored with another --select than last" in again.stderr
+        last_cfg = out.parent / "last.yaml"  # without --select the config's eval.select is the rule
+        last_cfg.write_text(f"base: {ROOT / 'configs' / 'smoke.yaml'}\neval:\n  select: last\n")
+        again = run_module(["tools/reproduce.py", experiment, "--data", str(tiny_store), "--out", str(out),
+                            *QUICK[2:], *extra, "--config", str(last_cfg)])
         assert again.returncode == 2 and "was scored with another --select than last" in again.stderr
     if experiment == "table4":
         assert {r["train_split"] for r in lines} == {"train_50", "train_100", "train"}
@@ -136,8 +141,6 @@ def test_relative_paths_are_taken_from_the_callers_folder(tiny_store, tmp_path):
     import shutil
     import subprocess
     import sys
-
-    from tests.conftest import ROOT
 
     shutil.copy(tiny_store, tmp_path / "s.h5")
     shutil.copy(ROOT / "configs" / "smoke.yaml", tmp_path / "c.yaml")

@@ -351,9 +351,10 @@ def parse_args(argv):
                     help="cv: number of patient folds K (default 4: 8 patients, 2 test patients a fold)")
     ap.add_argument("--coarse", default="unet,unet_plus_plus",
                     help="fig5's baselines whose masks PixelRL refines (default unet,unet_plus_plus)")
-    ap.add_argument("--select", choices=SELECTIONS, default="best",
-                    help="checkpoint each cell's test headlines: best = best validation Dice (default), last = "
-                         "the final parameters; both are scored and kept in result.json's by_selection")
+    ap.add_argument("--select", choices=SELECTIONS, default=None,
+                    help="checkpoint each cell's test headlines: best = best validation Dice, last = the final "
+                         "parameters (default: the config's eval.select); both are scored and kept in "
+                         "result.json's by_selection")
     ap.add_argument("--no-progress", action="store_true", help="print nothing but errors and the table")
     return ap.parse_args(argv)
 
@@ -370,9 +371,10 @@ def check(args) -> None:
     if n == 0:
         raise UsageError(f"{args.data}: the train split is empty")
     try:
-        load_config(args.config)
+        cfg = load_config(args.config)
     except ConfigError as exc:
         raise UsageError(one_line(exc)) from None
+    args.select = args.select or cfg.eval.select  # one rule for every method of the folder
     from baselines.models import BASELINES
 
     for flag, value in (("--baselines", args.baselines), ("--coarse", args.coarse)):
