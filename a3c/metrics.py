@@ -251,6 +251,16 @@ def batch_metrics(preds: Any, gts: Any, spacings: Any = None) -> list[dict[str, 
     return [segmentation_metrics(p[i], g[i], spacing=per_image[i]) for i in range(b)]
 
 
+def improves(score: float, best: float, tol: float = EPS) -> bool:
+    """Whether a checkpoint's validation ``score`` takes the place of the ``best`` so far.
+
+    Scores closer than ``tol`` (the Dice smoothing constant: an empty mask scores up to that much
+    on a slice with an object) are a tie, and a tie goes to the later, longer-trained checkpoint.
+    Without this, a validation split that no checkpoint segments keeps the first checkpoint.
+    """
+    return score >= best - tol
+
+
 def aggregate_metrics(rows: Iterable[Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """Mean and population std (ddof=0) per key over per-image rows.
 

@@ -16,8 +16,9 @@ Each update draws ``--batch`` distinct random slices of the train split (``Slice
 one epoch is ``ceil(n_train / batch)`` updates. ``--augment`` (default none) mirrors or rotates each
 drawn slice (``a3c.augment``), as ``data.augment`` does for PixelDRL-MG. Every ``--val-every`` updates
 (default: one epoch) and after the last update the model's mean per-slice Dice on the val split
-(``a3c.metrics.overlap_metrics``, the same Dice as the test table) is measured; a strictly better
-one is saved atomically to ``DIR/best.pt``, and the final model to ``DIR/last.pt``
+(``a3c.metrics.overlap_metrics``, the same Dice as the test table) is measured; one at least as good
+as the best so far (``a3c.metrics.improves``: ties go to the later model) is saved atomically to
+``DIR/best.pt``, and the final model to ``DIR/last.pt``
 (``--val-split none``: no validation, the final model is saved as ``best.pt``). Both checkpoints
 are reloaded and evaluated on the test split (``by_selection`` in the JSON); ``--select best``
 (default) or ``last`` says which one is the headline row. Prediction
@@ -63,7 +64,7 @@ from a3c.cli import UsageError, non_negative_int, one_line, positive_float, posi
 from a3c.config import SELECTIONS
 from a3c.evaluate import EvalOptions, EvalResult, limit_batches, score_batch, table_row
 from a3c.fileio import write_json_atomic
-from a3c.metrics import METRIC_KEYS, aggregate_metrics
+from a3c.metrics import METRIC_KEYS, aggregate_metrics, improves
 from a3c.params import numel
 from baselines.models import BASELINES, WIDTHS, BaselineNet, build_baseline, parse_width
 
@@ -317,8 +318,8 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
                 model.train()
                 d = float(res.summary["dice"]["mean"])
                 history.append({"update": u, "epoch": u / per_epoch, "loss": loss_ema, "val_dice": d})
-                if d > best:
-                    best, best_update = d, u
+                if improves(d, best):
+                    best, best_update = max(best, d), u
                     save_checkpoint(checkpoint(u, d), ckpt_path)
                 bar.set_postfix(loss=f"{loss_ema:.3f}", val=f"{d:.3f}", best=f"{best:.3f}@{best_update}")
                 if r.progress:

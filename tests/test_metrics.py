@@ -385,3 +385,13 @@ def test_format_table_row():
     assert len(line.split()) == len(TABLE_HEADER.split()) == 6
     assert line.split()[0] == f"{agg['dice']['mean']:.4f}"
     assert "±" in format_table_row(agg, with_std=True)
+
+
+def test_improves_ties_go_to_the_later_checkpoint():
+    from a3c.metrics import EPS, improves
+
+    assert improves(0.61, 0.60) and not improves(0.59, 0.60)
+    assert improves(0.60, 0.60)  # an equal score: the later checkpoint
+    # an empty mask on a 175-pixel object scores EPS / (175 + EPS) = 5.7e-7: a tie with 0.0
+    assert improves(0.0, EPS / (175 + EPS)) and improves(0.0, -1.0)
+    assert not improves(0.0, 2 * EPS)

@@ -79,3 +79,19 @@ def test_monitor_warns_when_the_policy_keeps_every_pixel(tiny_store, tmp_path, c
         acc.Reload()
         kept += [e.value for e in acc.Scalars("val/kept_fraction")]
     assert kept == [pytest.approx(1.0)]
+
+
+def test_best_pt_goes_to_the_later_of_two_equal_checkpoints(tiny_store, tmp_path):
+    import json
+
+    (tmp_path / "checkpoints").mkdir()
+    cfg = load_config(SMOKE, ["eval.poll_s=0.05"])
+    spec = RunSpec(cfg=cfg.to_dict(), store_path=str(tiny_store), image_shape=(1, 32, 32), n_train=16, preprocess={},
+                   run_dir=str(tmp_path), device="cpu", workers=1)
+    best = tmp_path / "checkpoints" / "best.json"
+    for updates in (7, 9):  # the same parameters twice: the same validation Dice
+        collapsed_checkpoint(tmp_path / "checkpoints" / "latest.pt", updates=updates)
+        finish = threading.Event()
+        finish.set()
+        watch(logging.getLogger("test-monitor"), spec, SharedState.counters_only(), finish, threading.Event())
+        assert json.loads(best.read_text())["updates"] == updates

@@ -4,8 +4,8 @@ It polls ``checkpoints/latest.pt``; for each new update count it runs greedy epi
 validation split, writes ``val/*`` metrics, the Dice after every step (``val_steps/dice_tNN``, the
 paper's Fig. 7) and pictures of a few slices (input, ground truth, mask after each step; second
 row: pixels whose action changed at that step, the paper's Fig. 4), and keeps
-``checkpoints/best.pt`` (+ ``best.json``) by validation Dice. ``finish`` asks for a last look
-before exiting; ``stop`` exits at once.
+``checkpoints/best.pt`` (+ ``best.json``) by validation Dice, ties to the later checkpoint
+(``a3c.metrics.improves``). ``finish`` asks for a last look before exiting; ``stop`` exits at once.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from a3c.evaluate import (
     policy_collapse,
 )
 from a3c.fileio import write_json_atomic
+from a3c.metrics import improves
 from datasets.store import SliceStore
 from workers.run import RunSpec
 from workers.shared import SharedState
@@ -93,8 +94,8 @@ def watch(logger, spec: RunSpec, shared: SharedState, finish, stop) -> None:
         collapsed = collapse is not None
         shared.set("val_dice", dice)
         shared.set("val_updates", updates)
-        if dice > best_dice:
-            best_dice = dice
+        if improves(dice, best_dice):
+            best_dice = max(best_dice, dice)
             save_checkpoint(ckpt, best)  # the evaluated dict itself: latest.pt may be newer by now
             info = {"updates": updates, "epoch": float(ckpt["counters"]["epoch"]), "dice": dice,
                     "summary": res.summary}
