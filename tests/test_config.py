@@ -39,6 +39,7 @@ def test_lgg_cpu_config_is_the_default_run_with_its_own_options():
     lgg, default = load_config("configs/lgg-cpu.yaml"), load_config("configs/default.yaml")
     assert lgg.env == default.env and lgg.model.head_dilations == default.model.head_dilations
     assert (lgg.model.init, lgg.data.image_size, lgg.train.max_updates, lgg.loss.ce_coef) == ("kaiming", 128, 1200, 1.0)
+    assert (lgg.eval.select, default.eval.select) == ("last", "best")
 
 
 def test_eval_select_names_a_checkpoint_rule():
