@@ -6,7 +6,8 @@ trained), ``params`` (count), ``model`` (state dict), ``optimizer`` (Adam state 
 ``counters`` (``updates``, ``images``, ``epoch``, ``rejected``, ``lr``), ``rng`` (the server's
 torch RNG state), ``preprocess`` (the training store's ``normalisation``, ``converter``, channel
 attributes and ``image_shape`` [C, H, W]: how new images must be prepared) and ``created``
-(Unix time).
+(Unix time); with ``optim.ema_decay`` > 0 also ``ema_model`` (the moving average of the parameters,
+a state dict like ``model``), which evaluation loads instead of ``model``.
 
 A baseline checkpoint (``baseline_checkpoint``, ``baselines.train``'s ``best.pt``) has the same
 ``format``, ``image_channels``, ``image_size``, ``params``, ``model``, ``counters`` (no
@@ -51,13 +52,16 @@ def _weights(model: nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def pixeldrl_checkpoint(model: nn.Module, config: dict, data: TrainedOn, optimizer: dict, counters: dict) -> dict:
+def pixeldrl_checkpoint(model: nn.Module, config: dict, data: TrainedOn, optimizer: dict, counters: dict,
+                        ema: dict | None = None) -> dict:
     """A PixelDRL-MG checkpoint of ``model`` (built from ``config``, ``Config.to_dict()``), with the
-    optimiser's state dict, the learner's counters and the current torch RNG state."""
+    optimiser's state dict, the learner's counters, the current torch RNG state and, when given, the
+    parameters' moving average ``ema`` (a state dict of ``model``)."""
+    extra = {} if ema is None else {"ema_model": ema}
     return {"format": FORMAT, "config": config, "image_channels": int(data.channels),
             "image_size": list(data.size), "params": numel(model), "model": _weights(model),
             "optimizer": optimizer, "counters": counters, "rng": torch.get_rng_state(),
-            "preprocess": data.preprocess, "created": time.time()}
+            "preprocess": data.preprocess, "created": time.time(), **extra}
 
 
 def baseline_checkpoint(model: nn.Module, spec: dict, data: TrainedOn, counters: dict,

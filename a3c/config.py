@@ -94,6 +94,9 @@ class OptimConfig:
     adam_eps: float = _f(1e-8, "Adam epsilon")
     staleness_lr: bool = _f(False, "divide the LR of a gradient computed k updates ago by max(1, k) "
                                    "(staleness-aware asynchronous SGD)")
+    ema_decay: float = _f(0.0, "keep an exponential moving average of the parameters with this decay (warmed up: "
+                               "min(decay, (1 + n) / (10 + n)) after n updates); checkpoints carry it and "
+                               "evaluation uses it; 0 = off (the paper)")
 
 
 @dataclass
@@ -373,6 +376,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("set a budget: train.epochs or train.max_updates must be positive")
     if cfg.optim.lr <= 0 or cfg.optim.lr_step_epochs <= 0:
         raise ConfigError("optim.lr and optim.lr_step_epochs must be positive")
+    if not 0.0 <= cfg.optim.ema_decay < 1.0:
+        raise ConfigError("optim.ema_decay must lie in [0, 1): 0 = off")
     if cfg.train.checkpoint_interval_s <= 0 or cfg.eval.poll_s <= 0:
         raise ConfigError("train.checkpoint_interval_s and eval.poll_s must be positive")
     if cfg.eval.select not in SELECTIONS:

@@ -152,13 +152,16 @@ def policy_collapse(kept: float, obj: float, keep_all: float = 0.98, zero_all: f
 
 
 def model_from_checkpoint(ckpt: dict | str, device: torch.device | str = "cpu") -> tuple[PixelDRLNet, Config, dict]:
-    """Rebuild the exact network of a checkpoint (its stored config) -> (model on device, config, ckpt)."""
+    """Rebuild the exact network of a checkpoint (its stored config) -> (model on device, config, ckpt).
+
+    The weights are the checkpoint's moving average (``ema_model``, ``optim.ema_decay`` > 0) where it
+    has one, else its parameters (``model``)."""
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
     cfg = config_from_dict(ckpt["config"])
     model = build_model(cfg.model, int(ckpt["image_channels"]), cfg.env)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt.get("ema_model", ckpt["model"]))
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint parameters do not fit its own config "
                               f"({str(exc).splitlines()[0][:200]})") from None

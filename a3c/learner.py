@@ -7,6 +7,10 @@ that tests can drive it in one process. The LR is a pure function of the epoch (
 seen / training-set size): ``lr * lr_decay ** floor(epoch / lr_step_epochs)`` (paper: 1e-3, x0.9
 every 25 epochs). It is the same schedule as ``torch.optim.lr_scheduler.StepLR`` stepped once per
 epoch, but it needs no scheduler object and resumes exactly from the stored image counter.
+
+With ``optim.ema_decay`` > 0 the learner also keeps ``ema`` [P], an exponential moving average of
+``theta`` after each applied step, warmed up as ``ema_decay_at`` says; checkpoints carry it as
+``ema_model`` and evaluation uses it (training goes on from ``theta``).
 """
 from __future__ import annotations
 
@@ -17,12 +21,19 @@ import torch
 from a3c.adam import FlatAdam
 from a3c.config import OptimConfig
 from a3c.model import PixelDRLNet, tune_for_training
-from a3c.params import bind_grads, bind_to_flat
+from a3c.params import bind_grads, bind_to_flat, flat_from_state_dict, state_dict_from_flat
 
 
 def lr_at(cfg: OptimConfig, epoch: float) -> float:
     """Learning rate after ``epoch`` epochs of training slices."""
     return cfg.lr * cfg.lr_decay ** math.floor(epoch / cfg.lr_step_epochs + 1e-9)
+
+
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The moving average's decay after ``updates`` applied steps (this one included):
+    ``min(decay, (1 + updates) / (10 + updates))``, so that the first steps are not drowned by the
+    initial parameters (0.18 after one step, 0.5 after 8, ``decay`` from then on once it is below)."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
 
 
 class Learner:
@@ -40,6 +51,7 @@ class Learner:
         self.grad = torch.zeros_like(theta)
         bind_grads(model, self.grad)
         self.optimizer = FlatAdam(theta, [p.shape for p in model.parameters()], lr=cfg.lr, eps=cfg.adam_eps)
+        self.ema = theta.detach().clone() if cfg.ema_decay > 0 else None
         self.updates = 0
         self.images = 0
         self.rejected = 0
@@ -75,18 +87,28 @@ class Learner:
             after_write()
         self.updates += 1
         self.images += n_images
+        if self.ema is not None:
+            self.ema.lerp_(self.theta, 1.0 - ema_decay_at(self.cfg.ema_decay, self.updates))
         return True
 
     def counters(self) -> dict:
         return {"updates": self.updates, "images": self.images, "epoch": self.epoch,
                 "rejected": self.rejected, "lr": self.lr}
 
+    def ema_state_dict(self) -> dict | None:
+        """The moving average as a state dict of the model (CPU copies), or None when it is off."""
+        return None if self.ema is None else state_dict_from_flat(self.model, self.ema)
+
     def load(self, ckpt: dict) -> None:
-        """Restore parameters, Adam state and counters from a checkpoint dict."""
+        """Restore parameters, Adam state, counters and the moving average from a checkpoint dict (a
+        checkpoint without ``ema_model`` starts the average at its parameters)."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         c = ckpt["counters"]
         self.updates, self.images, self.rejected = int(c["updates"]), int(c["images"]), int(c["rejected"])
+        if self.ema is not None:
+            ema = ckpt.get("ema_model")
+            self.ema.copy_(self.theta if ema is None else flat_from_state_dict(self.model, ema).to(self.ema))
 
 
 def train_single_process(model: PixelDRLNet, cfg, sample, n_train: int, updates: int,

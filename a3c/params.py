@@ -43,3 +43,24 @@ def bind_grads(model: nn.Module, flat_grad: torch.Tensor) -> None:
         n = p.numel()
         p.grad = flat_grad[offset:offset + n].view_as(p)
         offset += n
+
+
+def state_dict_from_flat(model: nn.Module, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``model``'s state dict with every parameter taken from ``flat`` [P] instead (CPU copies;
+    buffers copied from the model): the weights a flat vector stands for, loadable by ``load_state_dict``."""
+    if flat.numel() != numel(model):
+        raise ValueError(f"flat vector has {flat.numel()} elements, model has {numel(model)}")
+    views, offset = {}, 0
+    for name, p in model.named_parameters():
+        views[name] = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return {k: views.get(k, v).detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def flat_from_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The flat vector [P] of the parameters in ``state`` (a state dict of ``model``), in
+    ``model.parameters()`` order; the inverse of ``state_dict_from_flat``."""
+    missing = [name for name, _ in model.named_parameters() if name not in state]
+    if missing:
+        raise KeyError(f"state dict lacks {', '.join(missing[:3])}")
+    return torch.cat([state[name].detach().reshape(-1).float() for name, _ in model.named_parameters()])

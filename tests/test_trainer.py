@@ -117,15 +117,17 @@ def test_end_to_end_two_workers(tiny_store, tmp_path):
 
 @pytest.mark.slow
 def test_one_worker_equals_sequential_reference_updates(tiny_store, tmp_path):
+    """...and the served moving average of the parameters (``optim.ema_decay``) equals the reference's."""
     k = 4
     run = tmp_path / "run"
-    res = run_module(launch_args(tiny_store, run, 1, f"train.max_updates={k}", "optim.lr=0.01"))
+    overrides = [f"train.max_updates={k}", "optim.lr=0.01", "optim.ema_decay=0.9"]
+    res = run_module(launch_args(tiny_store, run, 1, *overrides))
     assert res.returncode == 0, res.stderr
     served = load_checkpoint(run / "checkpoints" / "latest.pt")
 
     from datasets.store import SliceStore
 
-    cfg = load_config(SMOKE, [f"train.max_updates={k}", "optim.lr=0.01"])
+    cfg = load_config(SMOKE, overrides)
     store = SliceStore(tiny_store)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the worker: the same summation order
@@ -138,6 +140,9 @@ def test_one_worker_equals_sequential_reference_updates(tiny_store, tmp_path):
         torch.set_num_threads(threads)
     for name, value in model.state_dict().items():
         assert torch.allclose(served["model"][name], value, rtol=1e-5, atol=1e-6), name
+    for name, value in learner.ema_state_dict().items():
+        assert torch.allclose(served["ema_model"][name], value, rtol=1e-5, atol=1e-6), name
+        assert not torch.allclose(served["ema_model"][name], served["model"][name]), name
     assert served["counters"]["images"] == learner.images
 
 

@@ -137,7 +137,8 @@ class ParamServer:
                                 reason, self.learner.updates)
             return
         obj = pixeldrl_checkpoint(self.model, self.cfg.to_dict(), self.trained_on,
-                                  self.learner.optimizer.state_dict(), self.learner.counters())
+                                  self.learner.optimizer.state_dict(), self.learner.counters(),
+                                  self.learner.ema_state_dict())
         save_checkpoint(obj, self.run / "checkpoints" / "latest.pt")
         self.logger.info("checkpoint (%s) at update %d", reason, self.learner.updates)
 
