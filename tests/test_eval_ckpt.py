@@ -75,7 +75,7 @@ def test_json_keys_and_ranges(fx):
     assert j["params"] == fx["params"]
     assert j["n"] == j["slices"] == len(j["per_image"]) == fx["n"]
     assert j["split"] == "test" and j["updates"] == 5 and j["t_max"] == 3
-    assert Path(j["checkpoint"]) == fx["ckpt"].resolve()
+    assert Path(j["checkpoint"]) == fx["ckpt"].resolve() and j["weights"] == "model"
     assert len(j["step_dice"]) == 3 and all(0.0 <= v <= 1.0 for v in j["step_dice"])
     assert j["step_dice"][-1] == pytest.approx(j["dice"])
     for row in j["per_image"]:

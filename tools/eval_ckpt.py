@@ -110,6 +110,7 @@ def result_dict(res, cfg, ckpt: dict, args, t_max: int, device) -> dict:
         "slices": n,
         "split": args.split,
         "checkpoint": str(Path(args.ckpt).resolve()),
+        "weights": "ema_model" if "ema_model" in ckpt else "model",  # which of its weights were scored
         "data": str(Path(args.data).resolve()),
         "updates": int(counters.get("updates", 0)),
         "epoch": float(counters.get("epoch", 0.0)),
