@@ -43,6 +43,17 @@ def positive_float(text: str) -> float:
     return v
 
 
+def open_unit_float(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1 (a probability threshold)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (exclusive), got {text!r}")
+    return v
+
+
 def resolve_device(name: str):
     """auto|cpu|cuda -> torch.device; UsageError when CUDA is asked for and absent."""
     import torch

@@ -15,6 +15,7 @@ a config that reaches ``reference_update`` still on ``auto`` runs ``onestep``, t
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -55,28 +56,35 @@ def sample_actions(logits: Tensor, generator: torch.Generator | None = None) -> 
     return (cdf < u).sum(dim=1).clamp(max=logits.shape[1] - 1)
 
 
-def greedy_actions(logits: Tensor) -> Tensor:
-    """argmax action per pixel: [B, A, H, W] -> [B, H, W] int64 (with two actions, ties keep the pixel)."""
+def greedy_actions(logits: Tensor, keep_threshold: float = 0.5) -> Tensor:
+    """argmax action per pixel: [B, A, H, W] -> [B, H, W] int64 (with two actions, ties keep the pixel).
+
+    With two actions and ``keep_threshold`` p, a pixel is kept where p(keep) >= p, i.e. where the
+    keep-minus-zero logit is at least log(p / (1 - p)); 0.5 is the argmax. Other thresholds are
+    refused for more than two actions (the refinement's deltas have no "keep")."""
     if logits.shape[1] == 2:
-        return (logits[:, 1] >= logits[:, 0]).long()
+        return (logits[:, 1] - logits[:, 0] >= math.log(keep_threshold / (1.0 - keep_threshold))).long()
+    if keep_threshold != 0.5:
+        raise ValueError(f"a keep threshold needs two actions, the policy has {logits.shape[1]}")
     return logits.argmax(dim=1)
 
 
 @torch.no_grad()
 def greedy_episode(model: PixelDRLNet, images: Tensor, env_cfg: EnvConfig, t_max: int | None = None,
-                   amp: bool = False) -> list[Tensor]:
+                   amp: bool = False, keep_threshold: float = 0.5) -> list[Tensor]:
     """Inference: from m(0) = ones, greedy actions for t_max steps.
 
     images [B, C, H, W] -> list of t_max masks m(1..t_max), each [B, H, W] bool; the last is the
     segmentation. No threshold is involved: the mask is the action map (for ``env.kind``
-    refine, the masks are p(t) > 0.5).
+    refine, the masks are p(t) > 0.5), unless ``keep_threshold`` asks "keep" to reach that
+    probability (``greedy_actions``; an analysis of calibration, not what training optimises).
     """
     env = PixelEnv(env_cfg, images)
     state = env.reset()
     masks = []
     for _ in range(t_max or env_cfg.t_max):
         logits, _ = forward(model, state, amp)
-        state, _ = env.step(greedy_actions(logits))
+        state, _ = env.step(greedy_actions(logits, keep_threshold))
         masks.append(env.mask[:, 0] > 0.5)
     return masks
 

@@ -136,6 +136,24 @@ def test_t_max_override_as_module(fx):
     assert j["per_image"][0]["case"] == fx["json"]["per_image"][0]["case"]
 
 
+def test_keep_threshold_keeps_fewer_pixels_and_is_recorded(fx):
+    out = fx["dir"] / "thr.json"
+    r = run("--ckpt", fx["ckpt"], "--data", fx["store"], "--keep-threshold", "0.999", "--no-progress", "--json", out)
+    assert r.returncode == 0, r.stderr
+    j = json.loads(out.read_text())
+    assert j["keep_threshold"] == 0.999 and fx["json"]["keep_threshold"] == 0.5
+    # a stricter "keep" can only lower sensitivity, slice by slice
+    for strict, plain in zip(j["per_image"], fx["json"]["per_image"]):
+        assert strict["sen"] <= plain["sen"] + 1e-12
+    assert j["sen"] < fx["json"]["sen"]
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "x"])
+def test_keep_threshold_outside_zero_one_is_a_usage_error(fx, value, tmp_path):
+    r = run("--ckpt", fx["ckpt"], "--data", fx["store"], "--keep-threshold", value, "--json", tmp_path / "o.json")
+    assert r.returncode == 2 and "between 0 and 1" in r.stderr and not (tmp_path / "o.json").exists()
+
+
 # ------------------------------------------------------------------------------- bad input
 @pytest.fixture(scope="module")
 def bad(fx):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from a3c.model import build_model
-from a3c.rollout import greedy_episode, reference_update, sample_actions
+from a3c.rollout import greedy_actions, greedy_episode, reference_update, sample_actions
 from tests.conftest import smoke_cfg
 
 
@@ -15,6 +15,25 @@ def test_sample_actions_follow_policy():
     a = sample_actions(logits, torch.Generator().manual_seed(0))
     assert a.dtype == torch.long and set(a.unique().tolist()) == {0, 1}
     assert abs(a.float().mean().item() - 0.75) < 0.02
+
+
+@pytest.mark.parametrize("threshold, kept", [
+    (0.5, [0, 1, 1, 1, 1]),    # keep-minus-zero logit >= 0: the argmax, ties kept
+    (0.7, [0, 0, 0, 1, 1]),    # >= log(0.7 / 0.3) = 0.847
+    (0.2, [1, 1, 1, 1, 1]),    # >= log(0.2 / 0.8) = -1.386
+    (0.9, [0, 0, 0, 0, 0]),    # >= log(9) = 2.197
+])
+def test_greedy_keep_threshold_by_hand(threshold, kept):
+    diff = torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.0])
+    logits = torch.stack([torch.zeros(5), diff]).view(1, 2, 1, 5)
+    assert greedy_actions(logits, threshold).view(-1).tolist() == kept
+
+
+def test_keep_threshold_needs_two_actions():
+    logits = torch.randn(1, 3, 4, 4)
+    assert torch.equal(greedy_actions(logits), logits.argmax(dim=1))
+    with pytest.raises(ValueError, match="two actions"):
+        greedy_actions(logits, 0.7)
 
 
 @pytest.mark.parametrize("state,update,extra", [

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from a3c.cli import UsageError, non_negative_int, one_line, positive_int, resolve_device
+from a3c.cli import UsageError, non_negative_int, one_line, open_unit_float, positive_int, resolve_device
 from a3c.fileio import (
     TargetError,
     interrupt_status,
@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                                                     "train_100, fold{k}/train, fold{k}/test; default test)")
     ap.add_argument("--t-max", type=positive_int, default=None, metavar="N",
                     help="steps per episode (default: the checkpoint's env.t_max); sweep it as in Fig. 7")
+    ap.add_argument("--keep-threshold", type=open_unit_float, default=0.5, metavar="P",
+                    help="keep a pixel only where the policy's p(keep) >= P (default 0.5: the greedy action); "
+                         "a calibration check, not a tuning knob for test figures")
     ap.add_argument("--json", default=None, metavar="OUT",
                     help="write the means, stds, per-step Dice and per-slice metrics as one JSON object "
                          "(atomically)")
@@ -116,6 +119,7 @@ def result_dict(res, cfg, ckpt: dict, args, t_max: int, device) -> dict:
         "epoch": float(counters.get("epoch", 0.0)),
         "images": int(counters.get("images", 0)),
         "t_max": t_max,
+        "keep_threshold": args.keep_threshold,
         "trained_t_max": int(cfg.env.t_max),
         "image_size": int(cfg.data.image_size),
         "device": str(device),
@@ -168,7 +172,7 @@ def run(args) -> int:
             bar = tqdm(total=n, unit="slice", desc=f"eval {args.split}", file=sys.stderr, dynamic_ncols=True)
         try:
             try:
-                options = EvalOptions(max_slices=args.max_slices, t_max=args.t_max,
+                options = EvalOptions(max_slices=args.max_slices, t_max=args.t_max, keep_threshold=args.keep_threshold,
                                       keep_examples=n if out_dir is not None else 0,
                                       progress=bar.update if bar is not None else None)
                 res, cfg, ckpt = evaluate_checkpoint(ckpt, store, args.split, device, options,
