@@ -22,27 +22,29 @@ def flatten(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
+def _views(model: nn.Module, flat: torch.Tensor):
+    """Yield ``(name, parameter, view)`` for each parameter in order, ``view`` being its slice of ``flat``
+    shaped like it."""
+    offset = 0
+    for name, p in model.named_parameters():
+        yield name, p, flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+
+
 def bind_to_flat(model: nn.Module, flat: torch.Tensor) -> None:
     """Make every parameter a view of ``flat`` [P], after copying the current values into it."""
-    offset = 0
     with torch.no_grad():
-        for p in model.parameters():
-            n = p.numel()
-            view = flat[offset:offset + n].view_as(p)
+        for _, p, view in _views(model, flat):
             view.copy_(p)
             p.data = view
-            offset += n
-    if offset != flat.numel():
-        raise ValueError(f"flat vector has {flat.numel()} elements, model has {offset}")
+    if numel(model) != flat.numel():
+        raise ValueError(f"flat vector has {flat.numel()} elements, model has {numel(model)}")
 
 
 def bind_grads(model: nn.Module, flat_grad: torch.Tensor) -> None:
     """Make every parameter's ``.grad`` a view of ``flat_grad`` [P]: backward accumulates straight into it."""
-    offset = 0
-    for p in model.parameters():
-        n = p.numel()
-        p.grad = flat_grad[offset:offset + n].view_as(p)
-        offset += n
+    for _, p, view in _views(model, flat_grad):
+        p.grad = view
 
 
 def state_dict_from_flat(model: nn.Module, flat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -50,10 +52,7 @@ def state_dict_from_flat(model: nn.Module, flat: torch.Tensor) -> dict[str, torc
     buffers copied from the model): the weights a flat vector stands for, loadable by ``load_state_dict``."""
     if flat.numel() != numel(model):
         raise ValueError(f"flat vector has {flat.numel()} elements, model has {numel(model)}")
-    views, offset = {}, 0
-    for name, p in model.named_parameters():
-        views[name] = flat[offset:offset + p.numel()].view_as(p)
-        offset += p.numel()
+    views = {name: view for name, _, view in _views(model, flat)}
     return {k: views.get(k, v).detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
