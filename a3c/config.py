@@ -81,6 +81,9 @@ class LossConfig:
     ce_coef: float = _f(0.0, "weight of a cross-entropy term on the policy logits toward the ground truth (keep "
                         "object, zero background), class-weighted like the policy term; 0 = none, as the paper; "
                         "ignored by env.kind refine, whose actions have no such target")
+    dice_coef: float = _f(0.0, "weight of a soft-Dice term between the ground truth and the mask each step is "
+                          "expected to leave (p(keep), times the mask before the step under multiply); 0 = none, "
+                          "as the paper; ignored by env.kind refine")
 
 
 @dataclass
@@ -362,8 +365,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"env.deltas: expected at least two actions, got {cfg.env.deltas}")
     if not 0.0 <= cfg.loss.gamma <= 1.0:
         raise ConfigError("loss.gamma must lie in [0, 1]")
-    if cfg.loss.class_weight_cap < 0 or cfg.loss.ce_coef < 0:
-        raise ConfigError("loss.class_weight_cap and loss.ce_coef must be non-negative")
+    if cfg.loss.class_weight_cap < 0 or cfg.loss.ce_coef < 0 or cfg.loss.dice_coef < 0:
+        raise ConfigError("loss.class_weight_cap, loss.ce_coef and loss.dice_coef must be non-negative")
     if cfg.loss.class_weight_cap and cfg.loss.class_weight_cap < 1:
         raise ConfigError("loss.class_weight_cap must be at least 1 (weights average 1) or 0 for no cap")
     if cfg.train.active_workers < 0:

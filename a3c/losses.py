@@ -22,7 +22,8 @@ Three further departures from the paper, each a config option (docs/METHOD.md):
 ``loss.live_only`` drops the policy and entropy terms of pixels already zeroed under ``multiply``
 (their actions change nothing), ``loss.class_weight_cap`` bounds the class weights, and
 ``loss.ce_coef`` adds a cross-entropy term toward the ground truth, whose gradient does not
-vanish for a confidently wrong pixel as the policy gradient's does.
+vanish for a confidently wrong pixel as the policy gradient's does, and ``loss.dice_coef`` a
+soft-Dice term on the mask the step is expected to leave (``expected_mask``).
 The feature net receives both terms' gradients (eq. 16) because both heads sit on it.
 ``w`` learns through the value term, since the advantage is detached in the policy term.
 """
@@ -78,6 +79,23 @@ def class_weights(gt: Tensor, beta: float, cap: float = 0.0) -> Tensor:
     return w.clamp(max=cap) if cap > 0 else w
 
 
+def expected_mask(logits: Tensor, mask_before: Tensor | None = None) -> Tensor:
+    """The mask a step leaves, in expectation over its actions: logits [B, 2, H, W] (zero, keep)
+    -> p(keep) [B, 1, H, W], times ``mask_before`` [B, 1, H, W] under ``mask_update: multiply``
+    (a zeroed pixel stays zero); None = ``replace``."""
+    keep = F.softmax(logits.float(), dim=1)[:, 1:2]
+    return keep if mask_before is None else keep * mask_before
+
+
+def soft_dice_loss(prob: Tensor, gt: Tensor, smooth: float = 1e-5) -> Tensor:
+    """prob [B, 1, H, W] in [0, 1], gt [B, 1, H, W] 0/1 -> scalar: the mean over images of
+    1 - (2 sum(prob * gt) + smooth) / (sum(prob) + sum(gt) + smooth) (per image, like MONAI's
+    ``DiceLoss`` that the U-Net baseline trains with; an empty ground truth asks for an empty mask)."""
+    inter = (prob * gt).flatten(1).sum(dim=1)
+    total = prob.flatten(1).sum(dim=1) + gt.flatten(1).sum(dim=1)
+    return (1.0 - (2.0 * inter + smooth) / (total + smooth)).mean()
+
+
 @dataclass(frozen=True)
 class PixelWeights:
     """How much each pixel counts in a step's means; None = every pixel 1.
@@ -92,14 +110,16 @@ class PixelWeights:
 
 
 def step_losses(logits: Tensor, actions: Tensor, value: Tensor, ret: Tensor,
-                pixels: PixelWeights = PixelWeights(), target: Tensor | None = None) -> dict[str, Tensor]:
+                pixels: PixelWeights = PixelWeights(), target: Tensor | None = None,
+                mask_before: Tensor | None = None) -> dict[str, Tensor]:
     """One step's pixel-mean terms, weighted per pixel by ``pixels``.
 
     logits [B, 2, H, W], actions [B, H, W] int64, value [B, 1, H, W], ret [B, 1, H, W].
     ``target`` [B, H, W] int64, the ground truth as actions, adds ``ce``: the class-weighted
-    mean of -log pi(target | s).
-    Returns scalars ``policy``, ``value``, ``entropy``, ``ce`` (0 without a target) and the
-    detached ``advantage`` mean.
+    mean of -log pi(target | s), and ``dice``: ``soft_dice_loss`` of the step's
+    ``expected_mask(logits, mask_before)`` against the target.
+    Returns scalars ``policy``, ``value``, ``entropy``, ``ce``, ``dice`` (both 0 without a target)
+    and the detached ``advantage`` mean.
     """
     logp = F.log_softmax(logits.float(), dim=1)
     logp_a = logp.gather(1, actions.unsqueeze(1))
@@ -108,17 +128,25 @@ def step_losses(logits: Tensor, actions: Tensor, value: Tensor, ret: Tensor,
     w = 1.0 if weight is None else weight
     lw = w if live is None else w * live
     ent = entropy_map(logp)
-    ce = -(lw * logp.gather(1, target.unsqueeze(1))).mean() if target is not None else logp.new_zeros(())
+    zero = logp.new_zeros(())
+    ce = -(lw * logp.gather(1, target.unsqueeze(1))).mean() if target is not None else zero
+    dice = (soft_dice_loss(expected_mask(logits, mask_before), target.unsqueeze(1).float())
+            if target is not None else zero)
     return {
         "policy": -(lw * logp_a * adv.detach()).mean(),
         "value": (w * adv ** 2).mean(),
         "entropy": (ent if live is None else ent * live).mean(),
         "ce": ce,
+        "dice": dice,
         "advantage": adv.detach().mean(),
     }
 
 
-def combine(terms: dict[str, Tensor], value_coef: float, entropy_coef: float, ce_coef: float = 0.0) -> Tensor:
-    """policy + value_coef * value - entropy_coef * entropy + ce_coef * ce (a scalar to backward)."""
+def combine(terms: dict[str, Tensor], value_coef: float, entropy_coef: float, ce_coef: float = 0.0,
+            dice_coef: float = 0.0) -> Tensor:
+    """policy + value_coef * value - entropy_coef * entropy + ce_coef * ce + dice_coef * dice
+    (a scalar to backward)."""
     total = terms["policy"] + value_coef * terms["value"] - entropy_coef * terms["entropy"]
-    return total + ce_coef * terms["ce"] if ce_coef else total
+    if ce_coef:
+        total = total + ce_coef * terms["ce"]
+    return total + dice_coef * terms["dice"] if dice_coef else total

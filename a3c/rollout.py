@@ -127,18 +127,21 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
     env = PixelEnv(cfg.env, images, gt)
     state = env.reset()
     t_max, amp = cfg.env.t_max, cfg.train.amp
-    vc, ec, cc = cfg.loss.value_coef, cfg.loss.entropy_coef, cfg.loss.ce_coef
-    states, actions, rewards, values, logits_kept, lives = [], [], [], [], [], []
+    vc, ec, cc, dc = cfg.loss.value_coef, cfg.loss.entropy_coef, cfg.loss.ce_coef, cfg.loss.dice_coef
+    states, actions, rewards, values, logits_kept, befores = [], [], [], [], [], []
     full = cfg.train.rollout == "full"
     mask_kind = cfg.env.kind == "mask"
+    multiply = mask_kind and cfg.env.mask_update == "multiply"
     # pixels whose action still matters: under multiply, those not yet zeroed (m_i(t) = 1)
-    track_live = cfg.loss.live_only and mask_kind and cfg.env.mask_update == "multiply"
-    target = (gt[:, 0] > 0.5).long() if cc > 0 and mask_kind else None  # ground truth as actions: keep object
+    track_live = cfg.loss.live_only and multiply
+    supervised = (cc > 0 or dc > 0) and mask_kind
+    target = (gt[:, 0] > 0.5).long() if supervised else None  # ground truth as actions: keep object
+    keep_before = track_live or (supervised and multiply)  # the mask each step starts from
     with contextlib.nullcontext() if full else torch.no_grad():
         for _ in range(t_max):
             logits, value = forward(model, state, amp)
             a = sample_actions(logits.detach(), generator)
-            lives.append(env.mask.detach().clone() if track_live else None)
+            befores.append(env.mask.detach().clone() if keep_before else None)
             states.append(state)
             actions.append(a)
             values.append(value)
@@ -152,9 +155,9 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
     if full:
         total = 0.0
         for t in range(t_max):
-            pixels = PixelWeights(weight, lives[t])
-            terms = step_losses(logits_kept[t], actions[t], values[t], returns[t], pixels, target)
-            total = total + combine(terms, vc, ec, cc)
+            pixels = PixelWeights(weight, befores[t] if track_live else None)
+            terms = step_losses(logits_kept[t], actions[t], values[t], returns[t], pixels, target, befores[t])
+            total = total + combine(terms, vc, ec, cc, dc)
             for k in sums:
                 sums[k] += terms[k].detach()
         total.backward()
@@ -162,9 +165,9 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
         kept_values = []
         for t in range(t_max):
             logits, value = forward(model, states[t], amp)
-            pixels = PixelWeights(weight, lives[t])
-            terms = step_losses(logits, actions[t], value, returns[t].detach(), pixels, target)
-            combine(terms, vc, ec, cc).backward()
+            pixels = PixelWeights(weight, befores[t] if track_live else None)
+            terms = step_losses(logits, actions[t], value, returns[t].detach(), pixels, target, befores[t])
+            combine(terms, vc, ec, cc, dc).backward()
             kept_values.append(value.detach())
             for k in sums:
                 sums[k] += terms[k].detach()

@@ -1,5 +1,5 @@
-"""The loss and initialisation options for real patients: live-pixel terms, cross-entropy, capped class
-weights, Kaiming init; hand-worked numbers where the maths is new."""
+"""The loss and initialisation options for real patients: live-pixel terms, cross-entropy, soft Dice,
+capped class weights, Kaiming init; hand-worked numbers where the maths is new."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from a3c.config import ConfigError, load_config
-from a3c.losses import PixelWeights, class_weights, combine, step_losses
+from a3c.losses import PixelWeights, class_weights, combine, expected_mask, soft_dice_loss, step_losses
 from a3c.model import build_model
 from a3c.rollout import reference_update
 
@@ -51,6 +51,41 @@ def test_cross_entropy_gradient_does_not_vanish_for_a_confidently_wrong_pixel():
                     torch.zeros(1, 1, 1, 1), target=torch.ones(1, 1, 1, dtype=torch.long))
     t["ce"].backward()
     assert d.grad.item() == pytest.approx(-0.99, rel=1e-5)
+
+
+def test_soft_dice_loss_by_hand():
+    prob = torch.tensor([[[[0.5, 1.0, 0.0, 0.25]]], [[[0.0, 0.0, 0.0, 0.0]]]])  # [2, 1, 1, 4]
+    gt = torch.tensor([[[[1.0, 1.0, 0.0, 0.0]]], [[[0.0, 0.0, 0.0, 0.0]]]])
+    # image 0: 1 - 2 * 1.5 / (1.75 + 2) = 0.2; image 1: empty truth, empty mask, loss 0
+    assert soft_dice_loss(prob, gt).item() == pytest.approx(0.1, abs=1e-5)
+    assert soft_dice_loss(gt, gt).item() == pytest.approx(0.0, abs=1e-6)
+    # an empty truth with a non-empty mask: loss close to 1
+    assert soft_dice_loss(torch.full((1, 1, 1, 4), 0.5), torch.zeros(1, 1, 1, 4)).item() > 0.99
+
+
+def test_expected_mask_and_the_dice_term_of_a_step():
+    # p(keep) = 0.75 on two pixels; under multiply pixel 1 was zeroed before the step
+    logits = torch.tensor([[[[0.0, 0.0]], [[math.log(3.0), math.log(3.0)]]]], requires_grad=True)
+    before = torch.tensor([[[[1.0, 0.0]]]])
+    assert expected_mask(logits).flatten().tolist() == pytest.approx([0.75, 0.75])
+    assert expected_mask(logits, before).flatten().tolist() == pytest.approx([0.75, 0.0])
+    target = torch.tensor([[[1, 1]]])  # both pixels are object
+    t = step_losses(logits, torch.ones(1, 1, 2, dtype=torch.long), torch.zeros(1, 1, 1, 2),
+                    torch.zeros(1, 1, 1, 2), target=target, mask_before=before)
+    # 1 - 2 * 0.75 / (0.75 + 2)
+    assert t["dice"].item() == pytest.approx(1 - 1.5 / 2.75, rel=1e-5)
+    assert combine(t, 0.5, 0.0, 0.0, 2.0).item() == pytest.approx(t["policy"].item() + 2 * t["dice"].item())
+    t["dice"].backward()
+    g = logits.grad[0, 1, 0]  # keep logits: the live object pixel is pushed to keep, the dead one not at all
+    assert g[0].item() < 0 and g[1].item() == 0.0
+    assert step_losses(logits, torch.ones(1, 1, 2, dtype=torch.long), torch.zeros(1, 1, 1, 2),
+                       torch.zeros(1, 1, 1, 2))["dice"].item() == 0.0  # no target, no term
+
+
+def test_dice_coef_enters_the_update():
+    grads = [update_gradient(load_config(SMOKE, ["loss.ce_coef=0", "env.t_max=2", f"loss.dice_coef={dc}"]), 1)
+             for dc in (0.0, 1.0)]
+    assert not torch.allclose(grads[0], grads[1])
 
 
 def test_class_weight_cap():
@@ -119,6 +154,7 @@ def test_live_only_changes_the_gradient_only_under_multiply():
 
 @pytest.mark.parametrize("override,words", [
     ("loss.ce_coef=-1", "non-negative"),
+    ("loss.dice_coef=-0.5", "non-negative"),
     ("loss.class_weight_cap=0.5", "at least 1"),
     ("model.init=xavier", "torch, kaiming"),
 ])
@@ -127,8 +163,8 @@ def test_bad_option_values(override, words):
         load_config(SMOKE, [override])
 
 
-def test_refine_agents_ignore_the_cross_entropy_term():
+def test_refine_agents_ignore_the_supervised_terms():
     grads = [update_gradient(load_config(SMOKE, ["env.kind=refine", "env.state=stacked", "env.deltas=[0.5, -0.5]",
-                                                 f"loss.ce_coef={ce}"]), 2)  # image + coarse map
-             for ce in (0.0, 5.0)]
+                                                 f"loss.ce_coef={ce}", f"loss.dice_coef={ce}"]), 2)
+             for ce in (0.0, 5.0)]  # image + coarse map
     assert torch.equal(grads[0], grads[1])

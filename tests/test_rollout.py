@@ -42,6 +42,7 @@ def test_keep_threshold_needs_two_actions():
     # the options for real patients: live-pixel masking, cross-entropy, capped class weights
     ("masked", "multiply", {"loss__live_only": True, "loss__ce_coef": 1.0, "loss__class_weight_cap": 5.0}),
     ("masked", "replace", {"loss__live_only": True, "loss__ce_coef": 1.0, "loss__class_weight_cap": 5.0}),
+    ("masked", "multiply", {"loss__dice_coef": 1.0}),
 ])
 def test_onestep_and_full_rollouts_give_equal_gradients(state, update, extra):
     cfg = smoke_cfg(env__state=state, env__mask_update=update, loss__bootstrap="value", **extra)
