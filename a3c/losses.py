@@ -109,15 +109,26 @@ class PixelWeights:
     live: Tensor | None = None
 
 
+@dataclass(frozen=True)
+class Target:
+    """The ground truth of a step's supervised terms.
+
+    ``actions`` [B, H, W] int64: the right action of every pixel (keep object, zero background).
+    ``mask_before`` [B, 1, H, W] 0/1: the mask the step starts from under ``multiply`` (None under
+    ``replace``), for ``expected_mask``.
+    """
+
+    actions: Tensor
+    mask_before: Tensor | None = None
+
+
 def step_losses(logits: Tensor, actions: Tensor, value: Tensor, ret: Tensor,
-                pixels: PixelWeights = PixelWeights(), target: Tensor | None = None,
-                mask_before: Tensor | None = None) -> dict[str, Tensor]:
+                pixels: PixelWeights = PixelWeights(), target: Target | None = None) -> dict[str, Tensor]:
     """One step's pixel-mean terms, weighted per pixel by ``pixels``.
 
     logits [B, 2, H, W], actions [B, H, W] int64, value [B, 1, H, W], ret [B, 1, H, W].
-    ``target`` [B, H, W] int64, the ground truth as actions, adds ``ce``: the class-weighted
-    mean of -log pi(target | s), and ``dice``: ``soft_dice_loss`` of the step's
-    ``expected_mask(logits, mask_before)`` against the target.
+    ``target`` adds ``ce``: the class-weighted mean of -log pi(target.actions | s), and ``dice``:
+    ``soft_dice_loss`` of the step's ``expected_mask(logits, target.mask_before)`` against it.
     Returns scalars ``policy``, ``value``, ``entropy``, ``ce``, ``dice`` (both 0 without a target)
     and the detached ``advantage`` mean.
     """
@@ -129,9 +140,11 @@ def step_losses(logits: Tensor, actions: Tensor, value: Tensor, ret: Tensor,
     lw = w if live is None else w * live
     ent = entropy_map(logp)
     zero = logp.new_zeros(())
-    ce = -(lw * logp.gather(1, target.unsqueeze(1))).mean() if target is not None else zero
-    dice = (soft_dice_loss(expected_mask(logits, mask_before), target.unsqueeze(1).float())
-            if target is not None else zero)
+    ce, dice = zero, zero
+    if target is not None:
+        gt = target.actions.unsqueeze(1)
+        ce = -(lw * logp.gather(1, gt)).mean()
+        dice = soft_dice_loss(expected_mask(logits, target.mask_before), gt.float())
     return {
         "policy": -(lw * logp_a * adv.detach()).mean(),
         "value": (w * adv ** 2).mean(),

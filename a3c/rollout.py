@@ -22,7 +22,7 @@ import torch
 
 from a3c.config import Config, EnvConfig
 from a3c.env import PixelEnv
-from a3c.losses import PixelWeights, class_weights, combine, discounted_returns, step_losses
+from a3c.losses import PixelWeights, Target, class_weights, combine, discounted_returns, step_losses
 from a3c.model import PixelDRLNet
 
 Tensor = torch.Tensor
@@ -135,7 +135,7 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
     # pixels whose action still matters: under multiply, those not yet zeroed (m_i(t) = 1)
     track_live = cfg.loss.live_only and multiply
     supervised = (cc > 0 or dc > 0) and mask_kind
-    target = (gt[:, 0] > 0.5).long() if supervised else None  # ground truth as actions: keep object
+    right = (gt[:, 0] > 0.5).long() if supervised else None  # ground truth as actions: keep object
     keep_before = track_live or (supervised and multiply)  # the mask each step starts from
     with contextlib.nullcontext() if full else torch.no_grad():
         for _ in range(t_max):
@@ -150,13 +150,14 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
             rewards.append(r)
     returns = discounted_returns(rewards, _bootstrap(model, state, cfg), cfg.loss.gamma, _reward_conv(model, cfg))
     weight = class_weights(gt, cfg.loss.class_balance, cfg.loss.class_weight_cap) if cfg.loss.class_balance else None
+    pixels = [PixelWeights(weight, before if track_live else None) for before in befores]
+    targets = [Target(right, before) if supervised else None for before in befores]
 
     sums = {k: images.new_zeros(()) for k in ("policy", "value", "entropy")}
     if full:
         total = 0.0
         for t in range(t_max):
-            pixels = PixelWeights(weight, befores[t] if track_live else None)
-            terms = step_losses(logits_kept[t], actions[t], values[t], returns[t], pixels, target, befores[t])
+            terms = step_losses(logits_kept[t], actions[t], values[t], returns[t], pixels[t], targets[t])
             total = total + combine(terms, vc, ec, cc, dc)
             for k in sums:
                 sums[k] += terms[k].detach()
@@ -165,8 +166,7 @@ def reference_update(model: PixelDRLNet, images: Tensor, gt: Tensor, cfg: Config
         kept_values = []
         for t in range(t_max):
             logits, value = forward(model, states[t], amp)
-            pixels = PixelWeights(weight, befores[t] if track_live else None)
-            terms = step_losses(logits, actions[t], value, returns[t].detach(), pixels, target, befores[t])
+            terms = step_losses(logits, actions[t], value, returns[t].detach(), pixels[t], targets[t])
             combine(terms, vc, ec, cc, dc).backward()
             kept_values.append(value.detach())
             for k in sums:

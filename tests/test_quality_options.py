@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from a3c.config import ConfigError, load_config
-from a3c.losses import PixelWeights, class_weights, combine, expected_mask, soft_dice_loss, step_losses
+from a3c.losses import PixelWeights, Target, class_weights, combine, expected_mask, soft_dice_loss, step_losses
 from a3c.model import build_model
 from a3c.rollout import reference_update
 
@@ -23,7 +23,7 @@ def test_step_losses_live_mask_and_cross_entropy_by_hand():
     ret = torch.tensor([[[[2.0, 4.0]]]])
     live = torch.tensor([[[[1.0, 0.0]]]])
     target = torch.tensor([[[0, 1]]])  # pixel 0 is background: the right action is "zero"
-    t = step_losses(logits, actions, value, ret, PixelWeights(live=live), target=target)
+    t = step_losses(logits, actions, value, ret, PixelWeights(live=live), target=Target(target))
     lp_keep, lp_zero = math.log(0.75), math.log(0.25)
     # policy: only pixel 0 counts, -(log 0.75 * 2) / 2 pixels
     assert t["policy"].item() == pytest.approx(-(lp_keep * 2.0) / 2)
@@ -48,7 +48,7 @@ def test_cross_entropy_gradient_does_not_vanish_for_a_confidently_wrong_pixel():
     d = torch.tensor(math.log(0.01 / 0.99), requires_grad=True)
     logits = torch.stack([torch.zeros(()), d]).view(1, 2, 1, 1)
     t = step_losses(logits, torch.zeros(1, 1, 1, dtype=torch.long), torch.zeros(1, 1, 1, 1),
-                    torch.zeros(1, 1, 1, 1), target=torch.ones(1, 1, 1, dtype=torch.long))
+                    torch.zeros(1, 1, 1, 1), target=Target(torch.ones(1, 1, 1, dtype=torch.long)))
     t["ce"].backward()
     assert d.grad.item() == pytest.approx(-0.99, rel=1e-5)
 
@@ -71,7 +71,7 @@ def test_expected_mask_and_the_dice_term_of_a_step():
     assert expected_mask(logits, before).flatten().tolist() == pytest.approx([0.75, 0.0])
     target = torch.tensor([[[1, 1]]])  # both pixels are object
     t = step_losses(logits, torch.ones(1, 1, 2, dtype=torch.long), torch.zeros(1, 1, 1, 2),
-                    torch.zeros(1, 1, 1, 2), target=target, mask_before=before)
+                    torch.zeros(1, 1, 1, 2), target=Target(target, before))
     # 1 - 2 * 0.75 / (0.75 + 2)
     assert t["dice"].item() == pytest.approx(1 - 1.5 / 2.75, rel=1e-5)
     assert combine(t, 0.5, 0.0, 0.0, 2.0).item() == pytest.approx(t["policy"].item() + 2 * t["dice"].item())
