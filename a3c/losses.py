@@ -18,11 +18,11 @@ steps. Optionally (``loss.class_balance`` = beta > 0) the policy and value means
 per pixel by its class's share of the image to the power -beta (``class_weights``): the paper
 is silent here, and with small objects the plain pixel mean drives the policy to "zero
 everything" (REINFORCE's push on the rare class vanishes once its action is rarely sampled).
-Three further departures from the paper, each a config option (docs/METHOD.md):
+Four further departures from the paper, each a config option (docs/METHOD.md):
 ``loss.live_only`` drops the policy and entropy terms of pixels already zeroed under ``multiply``
-(their actions change nothing), ``loss.class_weight_cap`` bounds the class weights, and
+(their actions change nothing), ``loss.class_weight_cap`` bounds the class weights,
 ``loss.ce_coef`` adds a cross-entropy term toward the ground truth, whose gradient does not
-vanish for a confidently wrong pixel as the policy gradient's does, and ``loss.dice_coef`` a
+vanish for a confidently wrong pixel as the policy gradient's does, and ``loss.dice_coef`` adds a
 soft-Dice term on the mask the step is expected to leave (``expected_mask``).
 The feature net receives both terms' gradients (eq. 16) because both heads sit on it.
 ``w`` learns through the value term, since the advantage is detached in the policy term.
@@ -79,11 +79,11 @@ def class_weights(gt: Tensor, beta: float, cap: float = 0.0) -> Tensor:
     return w.clamp(max=cap) if cap > 0 else w
 
 
-def expected_mask(logits: Tensor, mask_before: Tensor | None = None) -> Tensor:
-    """The mask a step leaves, in expectation over its actions: logits [B, 2, H, W] (zero, keep)
-    -> p(keep) [B, 1, H, W], times ``mask_before`` [B, 1, H, W] under ``mask_update: multiply``
-    (a zeroed pixel stays zero); None = ``replace``."""
-    keep = F.softmax(logits.float(), dim=1)[:, 1:2]
+def expected_mask(logp: Tensor, mask_before: Tensor | None = None) -> Tensor:
+    """The mask a step leaves, in expectation over its actions: log-probabilities [B, 2, H, W]
+    (``log_softmax`` of the zero and keep logits) -> p(keep) [B, 1, H, W], times ``mask_before``
+    [B, 1, H, W] under ``mask_update: multiply`` (a zeroed pixel stays zero); None = ``replace``."""
+    keep = logp[:, 1:2].exp()
     return keep if mask_before is None else keep * mask_before
 
 
@@ -128,7 +128,7 @@ def step_losses(logits: Tensor, actions: Tensor, value: Tensor, ret: Tensor,
 
     logits [B, 2, H, W], actions [B, H, W] int64, value [B, 1, H, W], ret [B, 1, H, W].
     ``target`` adds ``ce``: the class-weighted mean of -log pi(target.actions | s), and ``dice``:
-    ``soft_dice_loss`` of the step's ``expected_mask(logits, target.mask_before)`` against it.
+    ``soft_dice_loss`` of the step's ``expected_mask(logp, target.mask_before)`` against it.
     Returns scalars ``policy``, ``value``, ``entropy``, ``ce``, ``dice`` (both 0 without a target)
     and the detached ``advantage`` mean.
     """
@@ -144,7 +144,7 @@ def step_losses(logits: Tensor, actions: Tensor, value: Tensor, ret: Tensor,
     if target is not None:
         gt = target.actions.unsqueeze(1)
         ce = -(lw * logp.gather(1, gt)).mean()
-        dice = soft_dice_loss(expected_mask(logits, target.mask_before), gt.float())
+        dice = soft_dice_loss(expected_mask(logp, target.mask_before), gt.float())
     return {
         "policy": -(lw * logp_a * adv.detach()).mean(),
         "value": (w * adv ** 2).mean(),

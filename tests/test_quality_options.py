@@ -67,8 +67,9 @@ def test_expected_mask_and_the_dice_term_of_a_step():
     # p(keep) = 0.75 on two pixels; under multiply pixel 1 was zeroed before the step
     logits = torch.tensor([[[[0.0, 0.0]], [[math.log(3.0), math.log(3.0)]]]], requires_grad=True)
     before = torch.tensor([[[[1.0, 0.0]]]])
-    assert expected_mask(logits).flatten().tolist() == pytest.approx([0.75, 0.75])
-    assert expected_mask(logits, before).flatten().tolist() == pytest.approx([0.75, 0.0])
+    logp = torch.log_softmax(logits, dim=1)
+    assert expected_mask(logp).flatten().tolist() == pytest.approx([0.75, 0.75])
+    assert expected_mask(logp, before).flatten().tolist() == pytest.approx([0.75, 0.0])
     target = torch.tensor([[[1, 1]]])  # both pixels are object
     t = step_losses(logits, torch.ones(1, 1, 2, dtype=torch.long), torch.zeros(1, 1, 1, 2),
                     torch.zeros(1, 1, 1, 2), target=Target(target, before))
