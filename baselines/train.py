@@ -5,7 +5,8 @@
     python -m baselines.train MODEL --data FILE.h5 --out DIR [--epochs N | --max-updates N]
         [--batch 8] [--lr 1e-3] [--image-size S] [--device auto|cpu|cuda] [--seed 0]
         [--train-split train] [--val-split val] [--test-split test] [--width W]
-        [--val-every N] [--threads N] [--augment none|flip|d4] [--select best|last] [--no-progress]
+        [--val-every N] [--threads N] [--augment none|flip|d4] [--select best|last] [--ema-decay D]
+        [--no-progress]
 
 or ``train_baseline(name, store_path, out_dir, ...)`` (``train_options(BaselineOptions(...))``) from
 Python (returns the test-metrics dict).
@@ -21,7 +22,10 @@ as the best so far (``a3c.metrics.improves``: ties go to the later model) is sav
 ``DIR/best.pt``, and the final model to ``DIR/last.pt``
 (``--val-split none``: no validation, the final model is saved as ``best.pt``). Both checkpoints
 are reloaded and evaluated on the test split (``by_selection`` in the JSON); ``--select best``
-(default) or ``last`` says which one is the headline row. Prediction
+(default) or ``last`` says which one is the headline row. ``--ema-decay D`` > 0 (default 0, off)
+validates, saves and scores an exponential moving average of the weights instead of the raw ones,
+warmed up as PixelDRL-MG's ``optim.ema_decay`` (``a3c.learner.ema_decay_at``), so that the two
+methods can be compared with the same averaging. Prediction
 ``sigmoid(logits) > 0.5`` at the network's input size (``--image-size``, as PixelDRL-MG's
 evaluation), per-slice ``a3c.metrics.segmentation_metrics`` with the store's spacing scaled to
 that size (HD95 in mm where the store records spacing, else pixels), aggregated with
@@ -39,6 +43,7 @@ created) with one ``error: ...`` line on stderr.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 import time
@@ -64,6 +69,7 @@ from a3c.cli import UsageError, non_negative_int, one_line, positive_float, posi
 from a3c.config import SELECTIONS
 from a3c.evaluate import EvalOptions, EvalResult, limit_batches, score_batch, table_row
 from a3c.fileio import write_json_atomic
+from a3c.learner import ema_decay_at
 from a3c.metrics import METRIC_KEYS, aggregate_metrics, improves
 from a3c.params import numel
 from baselines.models import BASELINES, WIDTHS, BaselineNet, build_baseline, parse_width
@@ -168,6 +174,7 @@ class BaselineOptions:
     threads: int = 1
     augment: str = "none"
     select: str = "best"
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         self.store_path, self.out_dir = str(self.store_path), str(self.out_dir)
@@ -192,6 +199,8 @@ class BaselineOptions:
             raise BaselineError(f"max_updates must be >= 1, got {max_updates}")
         if epochs is not None and not float(epochs) > 0:
             raise BaselineError(f"epochs must be > 0, got {epochs}")
+        if not 0.0 <= float(self.ema_decay) < 1.0:
+            raise BaselineError(f"ema_decay must lie in [0, 1) (0 = off), got {self.ema_decay}")
         numbers = (self.batch, self.lr, self.image_size, self.val_every, self.threads)
         if int(self.batch) < 1 or not float(self.lr) > 0 or min(int(n) for n in numbers[2:]) < 0:
             raise BaselineError(f"need batch >= 1, lr > 0, image_size >= 0, val_every >= 0, threads >= 0 "
@@ -202,7 +211,20 @@ class BaselineOptions:
         return replace(self, epochs=None if epochs is None else float(epochs),
                        max_updates=None if max_updates is None else int(max_updates), batch=int(self.batch),
                        lr=float(self.lr), image_size=int(self.image_size), seed=int(self.seed), val_split=val_split,
-                       width=width, val_every=int(self.val_every), threads=int(self.threads))
+                       width=width, val_every=int(self.val_every), threads=int(self.threads),
+                       ema_decay=float(self.ema_decay))
+
+
+@torch.no_grad()
+def update_average(average: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """One moving-average step, in place: every floating-point tensor of ``average``'s state dict
+    becomes ``decay * average + (1 - decay) * model``; integer buffers (batch-norm counters) are
+    copied. The two modules must have the same architecture."""
+    for a, m in zip(average.state_dict().values(), model.state_dict().values(), strict=True):
+        if a.is_floating_point():
+            a.lerp_(m, 1.0 - decay)
+        else:
+            a.copy_(m)
 
 
 @dataclass
@@ -270,6 +292,9 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
     rng = np.random.default_rng(o.seed)
     model = build_baseline(o.name, channels, used_hw, width=o.width).to(dev)
     params = numel(model)
+    # the weights that are validated, saved and scored: the raw ones, or their moving average
+    average = copy.deepcopy(model).eval() if o.ema_decay > 0 else None
+    kept = model if average is None else average
     loss_fn = DiceCELoss(sigmoid=True)
     opt = torch.optim.Adam(model.parameters(), lr=o.lr)
     per_epoch = math.ceil(n_train / o.batch)
@@ -283,7 +308,8 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
     say(f"{o.name} (width {o.width:g}, {params:,d} parameters, {channels}-channel {used_hw[0]}x{used_hw[1]} "
         f"input) on {store.path}: {n_train} train slices ({o.train_split}), {n_val} val "
         f"({o.val_split or 'none'}), {n_test} test ({o.test_split}); {total} updates of batch {o.batch} "
-        f"({total / per_epoch:.2f} epochs), lr {o.lr:g}, device {dev}, {torch.get_num_threads()} thread(s)")
+        f"({total / per_epoch:.2f} epochs), lr {o.lr:g}, device {dev}, {torch.get_num_threads()} thread(s)"
+        + (f", moving average {o.ema_decay:g}" if average is not None else ""))
 
     trained_on = TrainedOn(channels, list(used_hw), {k: store.attrs.get(k) for k in ("normalisation", "converter")}
                            | {"image_shape": [int(s) for s in store.image_shape]})
@@ -291,7 +317,7 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
     def checkpoint(updates: int, val_dice: float | None) -> dict:
         counters = {"updates": int(updates), "images": int(updates * o.batch), "epoch": float(updates / per_epoch),
                     "lr": o.lr}
-        return baseline_checkpoint(model, _spec(model), trained_on, counters, val_dice)
+        return baseline_checkpoint(kept, _spec(kept), trained_on, counters, val_dice)
 
     history: list[dict] = []
     best, best_update = -1.0, 0
@@ -309,11 +335,13 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if average is not None:
+                update_average(average, model, ema_decay_at(o.ema_decay, u))
             lv = float(loss.detach())
             loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
             bar.update(1)
             if o.val_split and (u % every == 0 or u == total):
-                res = evaluate_baseline(model, store.batches(o.val_split, eval_batch), dev, o.image_size,
+                res = evaluate_baseline(kept, store.batches(o.val_split, eval_batch), dev, o.image_size,
                                         options=EvalOptions(dice_only=True))
                 model.train()
                 d = float(res.summary["dice"]["mean"])
@@ -424,6 +452,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="checkpoint the test scores: best = best val Dice (default), last = the final "
                          "model; with a val split both are saved (best.pt, last.pt) and scored in "
                          "test_metrics.json's by_selection")
+    ap.add_argument("--ema-decay", type=float, default=0.0, metavar="D",
+                    help="validate, save and score a moving average of the weights with this decay, warmed up "
+                         "as PixelDRL-MG's optim.ema_decay (default 0 = off, the raw weights)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
 
@@ -436,7 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               batch=args.batch, lr=args.lr, image_size=args.image_size, device=args.device,
                               seed=args.seed, train_split=args.train_split, val_split=args.val_split,
                               test_split=args.test_split, width=args.width, val_every=args.val_every,
-                              threads=args.threads, augment=args.augment, select=args.select)
+                              threads=args.threads, augment=args.augment, select=args.select,
+                              ema_decay=args.ema_decay)
     try:
         train_options(options, progress=not args.no_progress, log=print)
     except (BaselineError, StoreError, CheckpointError) as exc:

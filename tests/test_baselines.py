@@ -22,6 +22,7 @@ from baselines.train import (
     main,
     model_from_baseline_checkpoint,
     train_baseline,
+    update_average,
 )
 from datasets.store import SliceStore
 from tests.conftest import ROOT, run_module
@@ -211,6 +212,45 @@ def test_pixeldrl_tools_refuse_a_baseline_checkpoint(trained, tiny_store, capsys
     rc = eval_main(["--ckpt", str(trained["out"] / "best.pt"), "--data", str(tiny_store), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error:")
+
+
+def test_update_average_by_hand():
+    # decay 0.75: every float entry -> 0.75 * average + 0.25 * model; the integer counter is copied
+    avg, model = torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
+    with torch.no_grad():
+        avg.weight.copy_(torch.tensor([1.0, 2.0]))
+        model.weight.copy_(torch.tensor([5.0, -2.0]))
+        avg.running_mean.copy_(torch.tensor([0.0, 4.0]))
+        model.running_mean.copy_(torch.tensor([4.0, 0.0]))
+        model.num_batches_tracked.fill_(7)
+    update_average(avg, model, 0.75)
+    assert avg.weight.tolist() == [2.0, 1.0] and avg.running_mean.tolist() == [1.0, 3.0]
+    assert avg.bias.tolist() == [0.0, 0.0] and int(avg.num_batches_tracked) == 7
+    assert model.weight.tolist() == [5.0, -2.0]
+
+
+@pytest.mark.slow
+def test_ema_decay_saves_the_warmed_up_average(tiny_store, tmp_path):
+    # One update: the saved weights are (2/11) W0 + (9/11) W1 (warm-up decay min(0.9, 2/11)), with W0
+    # the seeded initialisation and W1 the raw weights after the update (the same run without averaging).
+    common = dict(max_updates=1, batch=2, width="tiny", val_split="none", progress=False, seed=3)
+    train_baseline("unet", tiny_store, tmp_path / "raw", **common)
+    res = train_baseline("unet", tiny_store, tmp_path / "avg", ema_decay=0.9, **common)
+    assert res["command"]["ema_decay"] == 0.9
+    raw, _ = model_from_baseline_checkpoint(tmp_path / "raw" / "best.pt")
+    avg, _ = model_from_baseline_checkpoint(tmp_path / "avg" / "best.pt")
+    store = SliceStore(tiny_store)
+    torch.manual_seed(3)
+    init = build_baseline("unet", store.image_shape[0], store.image_shape[1:], width=parse_width("tiny"))
+    store.close()
+    w0, w1, a = (torch.nn.utils.parameters_to_vector(m.parameters()) for m in (init, raw, avg))
+    assert not torch.allclose(w0, w1)
+    torch.testing.assert_close(a, (2 / 11) * w0 + (9 / 11) * w1, rtol=1e-5, atol=1e-6)
+
+
+def test_ema_decay_out_of_range_refused():
+    with pytest.raises(BaselineError, match="ema_decay must lie in"):
+        BaselineOptions("unet", "x.h5", "out", ema_decay=1.0).checked()
 
 
 # ------------------------------------------------------------------------------ bad input

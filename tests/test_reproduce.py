@@ -169,6 +169,7 @@ def test_a_failed_cell_names_its_log_and_exits_1(tiny_store, tmp_path):
     (["table6", "--folds", "5"], "--folds"),
     (["cv", "--cv-folds", "99"], "--cv-folds"),
     (["fig5", "--coarse", "unet3plus"], "--coarse: unknown unet3plus"),
+    (["cv", "--baseline-ema-decay", "1"], "--baseline-ema-decay"),
 ])
 def test_bad_input_is_one_line_exit_2(tiny_store, tmp_path, args, message):
     if "--data" not in args:
@@ -188,3 +189,21 @@ def test_baselines_only_plans_no_pixeldrl_cell():
     assert [(c.method, c.seed, c.extra["fold"]) for c in cells] == [("unet", s, k) for s in (1, 2) for k in (0, 1)]
     args = reproduce.parse_args(["cv", "--data", "x.h5", "--baselines", "unet", "--folds", "0"])
     assert [c.method for c in reproduce.plan(args)] == ["pixeldrl", "unet"]
+
+
+def test_baselines_average_their_weights_as_the_config_says(tmp_path):
+    # the U-Net gets PixelDRL-MG's optim.ema_decay unless --baseline-ema-decay overrides it
+    from tools import reproduce
+
+    cfg = tmp_path / "ema.yaml"
+    cfg.write_text(f"base: {ROOT / 'configs' / 'lgg-cpu.yaml'}\noptim:\n  ema_decay: 0.99\n")
+
+    def decay(*extra):
+        args = reproduce.parse_args(["cv", "--data", "x.h5", "--config", str(cfg), "--baselines", "unet",
+                                     "--folds", "0", "--baselines-only", "--select", "last", *extra])
+        cmd = reproduce.command(reproduce.plan(args)[0], args, tmp_path / "run", resume=False)
+        assert cmd[cmd.index("-m") + 1] == "baselines.train"
+        return cmd[cmd.index("--ema-decay") + 1]
+
+    assert decay() == "0.99"
+    assert decay("--baseline-ema-decay", "0") == "0"
