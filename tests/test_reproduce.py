@@ -191,8 +191,8 @@ def test_baselines_only_plans_no_pixeldrl_cell():
     assert [c.method for c in reproduce.plan(args)] == ["pixeldrl", "unet"]
 
 
-def test_baselines_average_their_weights_as_the_config_says(tmp_path):
-    # the U-Net gets PixelDRL-MG's optim.ema_decay unless --baseline-ema-decay overrides it
+def test_baselines_average_their_weights_only_when_asked(tmp_path):
+    # the config's optim.ema_decay is PixelDRL-MG's alone; --baseline-ema-decay gives the U-Net one
     from tools import reproduce
 
     cfg = tmp_path / "ema.yaml"
@@ -205,5 +205,5 @@ def test_baselines_average_their_weights_as_the_config_says(tmp_path):
         assert cmd[cmd.index("-m") + 1] == "baselines.train"
         return cmd[cmd.index("--ema-decay") + 1]
 
-    assert decay() == "0.99"
-    assert decay("--baseline-ema-decay", "0") == "0"
+    assert decay() == "0"
+    assert decay("--baseline-ema-decay", "0.995") == "0.995"

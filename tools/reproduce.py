@@ -18,9 +18,9 @@ EXPERIMENT (one per paper table or figure):
   ``cvK/fold{k}/train``, best checkpoint by ``cvK/fold{k}/val`` (a training-side patient), tested on
   ``cvK/fold{k}/test`` (``datasets.store.cv_folds``); the report of ``tools/cv_report.py`` (per
   patient, pooled, collapsed runs, step Dice, paired comparisons) follows the table. The
-  baselines get the config's ``data.image_size``, ``data.augment`` and (unless
-  ``--baseline-ema-decay`` says otherwise) ``optim.ema_decay``: the same input, augmentation and
-  weight averaging as PixelDRL-MG.
+  baselines get the config's ``data.image_size`` and ``data.augment``; they keep their raw weights
+  unless ``--baseline-ema-decay`` is given (a moving average did not help the U-Net on the
+  LGG cross-validation, docs/RESULTS.md, so its opponent stays the stronger one).
 * ``fig5``: PixelDRL-MG against the PixelRL refinement of coarse masks: for each baseline in
   ``--coarse`` (the paper: U-Net and U-Net3+; MONAI has no U-Net3+, so U-Net++ stands in), the
   baseline is trained, its probability maps become the last image channel of a copy of the store
@@ -167,11 +167,11 @@ def command(cell: Cell, args, run: Path, resume: bool, data: str | None = None) 
         return py + ["-m", "a3c.launch", "--workers", str(args.workers), "--data", data, "--run-dir", str(run),
                      "--device", args.device, "--no-progress", *(["--config", args.config] if args.config else []),
                      *overrides, *scaled_budget(cfg, args.budget)]
-    cfg = load_config(args.config)  # same input size, augmentation and moving average as PixelDRL-MG
-    ema = cfg.optim.ema_decay if args.baseline_ema_decay is None else args.baseline_ema_decay
+    data_cfg = load_config(args.config).data  # same input size and augmentation as PixelDRL-MG
     return py + ["-m", "baselines.train", cell.method, "--data", args.data, "--out", str(run),
                  "--epochs", f"{max(args.baseline_epochs * args.budget, 1e-3):g}", "--width", args.baseline_width,
-                 "--image-size", str(cfg.data.image_size), "--augment", cfg.data.augment, "--ema-decay", f"{ema:g}",
+                 "--image-size", str(data_cfg.image_size), "--augment", data_cfg.augment,
+                 "--ema-decay", f"{args.baseline_ema_decay:g}",
                  "--seed", str(cell.seed), "--device", args.device, "--no-progress", "--select", args.select,
                  "--train-split", cell.train_split, "--val-split", cell.val_split, "--test-split", cell.test_split]
 
@@ -348,9 +348,9 @@ def parse_args(argv):
                     help="table2/4/6, cv: train the baselines only (e.g. more seeds of them in the same folder)")
     ap.add_argument("--baseline-epochs", type=positive_float, default=50, help="baseline epochs before --budget")
     ap.add_argument("--baseline-width", default="small", help="baseline channel width (default small: CPU-sized)")
-    ap.add_argument("--baseline-ema-decay", type=float, default=None, metavar="D",
-                    help="the baselines' moving average of the weights (baselines.train --ema-decay); default: "
-                         "the config's optim.ema_decay, as PixelDRL-MG; 0 = off")
+    ap.add_argument("--baseline-ema-decay", type=float, default=0.0, metavar="D",
+                    help="the baselines' moving average of the weights (baselines.train --ema-decay; "
+                         "default 0 = off, the raw weights)")
     ap.add_argument("--t-max", type=int_list, default=list(range(1, 13)), help="fig7's t_max values (default 1..12)")
     ap.add_argument("--folds", type=int_list, default=None, help="table6's or cv's folds (default all)")
     ap.add_argument("--cv-folds", type=positive_int, default=4,
@@ -387,7 +387,7 @@ def check(args) -> None:
         unknown = [b for b in value.split(",") if b and b not in BASELINES]
         if unknown:
             raise UsageError(f"{flag}: unknown {', '.join(unknown)}; known: {', '.join(BASELINES)}")
-    if args.baseline_ema_decay is not None and not 0.0 <= args.baseline_ema_decay < 1.0:
+    if not 0.0 <= args.baseline_ema_decay < 1.0:
         raise UsageError(f"--baseline-ema-decay must lie in [0, 1) (0 = off), got {args.baseline_ema_decay:g}")
     if any(t < 1 for t in args.t_max):
         raise UsageError("--t-max: every value must be at least 1")
