@@ -42,6 +42,7 @@ def test_lgg_cpu_config_is_the_default_run_with_its_own_options():
     assert (lgg.eval.select, default.eval.select) == ("last", "best")
     assert (lgg.loss.dice_coef, lgg.optim.ema_decay) == (1.0, 0.995)  # the recipe's; off in the package
     assert (default.loss.dice_coef, default.optim.ema_decay) == (0.0, 0.0)
+    assert (lgg.data.augment, default.data.augment) == ("d4", "none")
 
 
 def test_eval_select_names_a_checkpoint_rule():
