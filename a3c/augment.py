@@ -11,10 +11,16 @@ The paper names no augmentation; this is an option (``data.augment`` for PixelDR
 
 Image and mask of a slice get the same transform, so the labels stay aligned. Square slices are
 assumed for the rotations (the store's slices are).
+
+The same modes name the symmetries of test-time averaging (``symmetric_mean``; ``eval.tta``,
+``--tta``): a map is predicted on each transformed input, transformed back, and the maps averaged.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
+import torch
 
 AUGMENT_MODES = ("none", "flip", "d4")
 
@@ -49,3 +55,39 @@ def augment_batch(images: np.ndarray, masks: np.ndarray, mode: str,
     out_i = np.stack([np.ascontiguousarray(dihedral(im, int(k))) for im, k in zip(images, ks)])
     out_m = np.stack([np.ascontiguousarray(dihedral(m, int(k))) for m, k in zip(masks, ks)])
     return out_i, out_m
+
+
+def symmetries(mode: str) -> tuple[int, ...]:
+    """The symmetry indices a mode ranges over: none (0,), flip (0, 4), d4 (0..7)."""
+    if mode not in AUGMENT_MODES:
+        raise ValueError(f"unknown augmentation {mode!r}; known: {', '.join(AUGMENT_MODES)}")
+    return {"none": (0,), "flip": (0, 4), "d4": tuple(range(8))}[mode]
+
+
+def dihedral_tensor(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``dihedral`` on a tensor's last two axes (the same symmetry ``k``)."""
+    out = torch.rot90(x, k % 4, dims=(-2, -1))
+    return out.flip(-1) if k >= 4 else out
+
+
+def undo_dihedral_tensor(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The inverse of ``dihedral_tensor(., k)``: mirror back first, then rotate back."""
+    if k >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, -(k % 4), dims=(-2, -1))
+
+
+def symmetric_mean(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Test-time averaging: the mean over the mode's symmetries g of g^-1(predict(g(x))).
+
+    x [B, C, H, W]; ``predict`` maps [B, C, H', W'] to a map [B, K, H', W'] (probabilities, say);
+    returns [B, K, H, W]. Mode ``none`` is ``predict(x)`` itself.
+    """
+    ks = symmetries(mode)
+    if ks == (0,):
+        return predict(x)
+    total = None
+    for k in ks:
+        y = undo_dihedral_tensor(predict(dihedral_tensor(x, k)), k)
+        total = y if total is None else total + y
+    return total / len(ks)

@@ -50,6 +50,7 @@ class EvalOptions:
     t_max: int | None = None                          # episode length; None = the config's env.t_max
     keep_threshold: float = 0.5                       # p(keep) a pixel needs to be kept; 0.5 = the greedy argmax
     keep_examples: int = 0                            # the first slices kept as ``Example`` for pictures
+    tta: str = "none"                                 # test-time averaging over symmetries: none, flip, d4
     progress: Callable[[int], None] | None = None     # called with each batch's number of slices
 
     @property
@@ -118,7 +119,7 @@ def evaluate(model: PixelDRLNet, batches: Iterable[Batch], cfg: Config, device: 
     for images, masks, idx in limit_batches(batches, options.max_slices):
         x, g = prepare_batch(images, masks, device, cfg.data.image_size)
         steps = greedy_episode(model, x, cfg.env, t_max=t_max, amp=cfg.train.amp,
-                               keep_threshold=options.keep_threshold)
+                               keep_threshold=options.keep_threshold, tta=options.tta)
         stack = torch.stack(steps, dim=1).cpu().numpy()  # [B, T, H, W] bool
         gt = g[:, 0].cpu().numpy() > 0.5
         rows += score_batch(stack[:, -1], gt, idx, images.shape[-2:], meta, dice_only=options.dice_only)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from a3c.augment import symmetric_mean
 from a3c.config import Config, EnvConfig
 from a3c.env import PixelEnv
 from a3c.losses import PixelWeights, Target, class_weights, combine, discounted_returns, step_losses
@@ -69,21 +70,32 @@ def greedy_actions(logits: Tensor, keep_threshold: float = 0.5) -> Tensor:
     return logits.argmax(dim=1)
 
 
+def policy_logits(model: PixelDRLNet, state: Tensor, amp: bool = False, tta: str = "none") -> Tensor:
+    """The policy's logits [B, A, H, W] for state [B, C, H, W]; with ``tta`` (flip, d4: ``a3c.augment``)
+    the log of the action probabilities averaged over the symmetries of the state."""
+    if tta == "none":
+        return forward(model, state, amp)[0]
+    probs = symmetric_mean(lambda s: torch.softmax(forward(model, s, amp)[0], dim=1), state, tta)
+    return probs.clamp_min(1e-12).log()
+
+
 @torch.no_grad()
 def greedy_episode(model: PixelDRLNet, images: Tensor, env_cfg: EnvConfig, t_max: int | None = None,
-                   amp: bool = False, keep_threshold: float = 0.5) -> list[Tensor]:
+                   amp: bool = False, keep_threshold: float = 0.5, tta: str = "none") -> list[Tensor]:
     """Inference: from m(0) = ones, greedy actions for t_max steps.
 
     images [B, C, H, W] -> list of t_max masks m(1..t_max), each [B, H, W] bool; the last is the
     segmentation. No threshold is involved: the mask is the action map (for ``env.kind``
     refine, the masks are p(t) > 0.5), unless ``keep_threshold`` asks "keep" to reach that
     probability (``greedy_actions``; an analysis of calibration, not what training optimises).
+    ``tta`` (flip, d4) takes each step's action from the probabilities averaged over the
+    symmetries of the state (``policy_logits``): one episode, one shared mask.
     """
     env = PixelEnv(env_cfg, images)
     state = env.reset()
     masks = []
     for _ in range(t_max or env_cfg.t_max):
-        logits, _ = forward(model, state, amp)
+        logits = policy_logits(model, state, amp, tta)
         state, _ = env.step(greedy_actions(logits, keep_threshold))
         masks.append(env.mask[:, 0] > 0.5)
     return masks

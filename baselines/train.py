@@ -54,7 +54,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from a3c.augment import AUGMENT_MODES, augment_batch
+from a3c.augment import AUGMENT_MODES, augment_batch, symmetric_mean
 from a3c.batch import prepare_batch
 from a3c.checkpoint import (
     CheckpointError,
@@ -90,9 +90,10 @@ BaselineError = UsageError  # bad input to the trainer (model, width, split, dev
 
 # ------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
-    """Binary masks bool [B, H, W]: sigmoid(logits) > threshold."""
-    return torch.sigmoid(model(x).float())[:, 0] > threshold
+def predict(model: torch.nn.Module, x: torch.Tensor, threshold: float = THRESHOLD, tta: str = "none") -> torch.Tensor:
+    """Binary masks bool [B, H, W]: sigmoid(logits) > threshold, the probabilities averaged over the
+    symmetries of ``tta`` (none, flip, d4; ``a3c.augment.symmetric_mean``)."""
+    return symmetric_mean(lambda s: torch.sigmoid(model(s).float()), x, tta)[:, 0] > threshold
 
 
 def evaluate_baseline(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device | str,
@@ -104,14 +105,14 @@ def evaluate_baseline(model: torch.nn.Module, batches: Iterable[Batch], device: 
     (``image_size``, 0 = as stored), spacing from ``meta(idx)`` scaled to that size.
 
     ``options``: ``max_slices``, ``dice_only`` (rows carry only ``dice``, ``overlap_metrics``; for
-    validation) and ``progress``; one-shot prediction has no ``t_max`` or ``keep_examples``: the
+    validation), ``tta`` (``predict``) and ``progress``; one-shot prediction has no ``t_max`` or ``keep_examples``: the
     result's ``step_dice`` and ``examples`` are empty. Leaves the model in eval mode.
     """
     model.eval()
     rows: list[dict] = []
     for images, masks, idx in limit_batches(batches, options.max_slices):
         x, g = prepare_batch(images, masks, device, image_size)
-        pred = predict(model, x).cpu().numpy()
+        pred = predict(model, x, tta=options.tta).cpu().numpy()
         gt = g[:, 0].cpu().numpy() > 0.5
         rows += score_batch(pred, gt, idx, images.shape[-2:], meta, dice_only=options.dice_only)
         if options.progress:

@@ -5,8 +5,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from a3c.augment import AUGMENT_MODES, augment_batch, dihedral, draw_transforms
+from a3c.augment import (
+    AUGMENT_MODES,
+    augment_batch,
+    dihedral,
+    dihedral_tensor,
+    draw_transforms,
+    symmetric_mean,
+    symmetries,
+    undo_dihedral_tensor,
+)
 from a3c.config import ConfigError, load_config
 
 SQUARE = np.array([[1, 2], [3, 4]])
@@ -89,3 +99,73 @@ def test_reproduce_gives_the_baselines_the_configs_augmentation(tmp_path):
     assert cmd[cmd.index("--augment") + 1] == "d4"
     assert cmd[cmd.index("--image-size") + 1] == "32"
     assert set(AUGMENT_MODES) == {"none", "flip", "d4"}
+
+
+# --- test-time averaging ---------------------------------------------------------------------------
+
+def test_tensor_symmetries_match_the_array_ones_and_undo_them():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
+    for k in range(8):
+        assert np.array_equal(dihedral_tensor(x, k).numpy(), dihedral(x.numpy(), k))
+        assert torch.equal(undo_dihedral_tensor(dihedral_tensor(x, k), k), x)
+    assert symmetries("none") == (0,) and symmetries("flip") == (0, 4) and symmetries("d4") == tuple(range(8))
+    with pytest.raises(ValueError, match="unknown augmentation 'rot'"):
+        symmetries("rot")
+
+
+def test_symmetric_mean_of_a_column_ramp_by_hand():
+    # predict(s) = s * column index: transformed back, the ramp becomes w, W-1-w (flip) and also
+    # h, H-1-h (the rotations), so both means are x * (W-1)/2 on a square; none is predict itself.
+    x = torch.rand(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    ramp = torch.arange(4.0).view(1, 1, 1, 4)
+    calls = []
+
+    def predict(s):
+        calls.append(s.shape)
+        return s * ramp
+
+    assert torch.equal(symmetric_mean(predict, x, "none"), x * ramp) and len(calls) == 1
+    assert torch.allclose(symmetric_mean(predict, x, "flip"), x * 1.5)
+    assert torch.allclose(symmetric_mean(predict, x, "d4"), x * 1.5)
+    assert len(calls) == 1 + 2 + 8
+
+
+class ColumnPolicy(torch.nn.Module):
+    """A stand-in policy whose keep-minus-zero logit ignores the state: 4 on column 0, -1 elsewhere
+    (p(keep) 0.982 and 0.269). Logits [B, 2, H, W], value zeros [B, 1, H, W]."""
+
+    def forward(self, state):
+        b, _, h, w = state.shape
+        diff = torch.full((b, 1, h, w), -1.0)
+        diff[..., 0] = 4.0
+        return torch.cat([torch.zeros_like(diff), diff], dim=1), torch.zeros(b, 1, h, w)
+
+    def unet(self, x):  # the same map as one probability logit [B, 1, H, W], as a baseline gives
+        return self.forward(x)[0][:, 1:]
+
+
+def column_policy_masks():
+    """What averaging makes of ColumnPolicy on 5x5, by hand: none keeps column 0; flip also keeps
+    column 4 (each border pixel averages 0.982 and 0.269: 0.63); d4 keeps only the 4 corners (a corner
+    lands in column 0 under 4 of the 8 symmetries: 0.63; another border pixel under 2: 0.45)."""
+    none = torch.zeros(5, 5, dtype=torch.bool)
+    none[:, 0] = True
+    flip = none.clone()
+    flip[:, 4] = True
+    d4 = torch.zeros(5, 5, dtype=torch.bool)
+    d4[[0, 0, 4, 4], [0, 4, 0, 4]] = True
+    return {"none": none, "flip": flip, "d4": d4}
+
+
+@pytest.mark.parametrize("tta", ["none", "flip", "d4"])
+def test_greedy_episode_and_baseline_prediction_average_over_symmetries(tta):
+    from a3c.config import EnvConfig
+    from a3c.rollout import greedy_episode
+    from baselines.train import predict
+
+    expected = column_policy_masks()[tta]
+    images = torch.rand(2, 1, 5, 5, generator=torch.Generator().manual_seed(1))
+    policy = ColumnPolicy()
+    masks = greedy_episode(policy, images, EnvConfig(t_max=3), tta=tta)
+    assert len(masks) == 3 and all(torch.equal(m, expected.expand(2, 5, 5)) for m in masks)
+    assert torch.equal(predict(policy.unet, images, tta=tta), expected.expand(2, 5, 5))

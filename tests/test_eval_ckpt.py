@@ -105,8 +105,16 @@ def test_pngs(fx):
         assert steps.shape == (64, (2 + 3) * 32, 3) and steps.dtype == np.uint8
 
 
-def test_metrics_match_independent_episode(fx):
-    row = fx["json"]["per_image"][1]
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_metrics_match_independent_episode(fx, tta):
+    j = fx["json"]
+    if tta != "none":
+        out = fx["dir"] / "tta.json"
+        r = run("--ckpt", fx["ckpt"], "--data", fx["store"], "--tta", tta, "--no-progress", "--json", out)
+        assert r.returncode == 0, r.stderr
+        j = json.loads(out.read_text())
+    assert j["tta"] == tta
+    row = j["per_image"][1]
     ckpt = load_checkpoint(fx["ckpt"])
     cfg = config_from_dict(ckpt["config"])
     model = build_model(cfg.model, ckpt["image_channels"], cfg.env.state)
@@ -116,7 +124,7 @@ def test_metrics_match_independent_episode(fx):
     images, masks = store.read([row["index"]])
     info = store.meta(row["index"])
     assert (info["case"], info["slice"]) == (row["case"], row["slice"])
-    steps = greedy_episode(model, torch.from_numpy(images), cfg.env)
+    steps = greedy_episode(model, torch.from_numpy(images), cfg.env, tta=tta)
     pred = steps[-1][0].numpy()
     assert 0 < pred.sum() < pred.size  # the fixture's agents do act
     ref = segmentation_metrics(pred, masks[0] > 0, spacing=info["spacing"])

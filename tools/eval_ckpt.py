@@ -2,8 +2,8 @@
 
 ::
 
-    python tools/eval_ckpt.py --ckpt FILE --data FILE.h5 [--split test] [--t-max N] [--json OUT]
-                              [--save-png DIR] [--device auto|cpu|cuda] [--max-slices N]
+    python tools/eval_ckpt.py --ckpt FILE --data FILE.h5 [--split test] [--t-max N] [--tta none|flip|d4]
+                              [--json OUT] [--save-png DIR] [--device auto|cpu|cuda] [--max-slices N]
                               [--batch-size N] [--no-progress]
 
 (also ``python -m tools.eval_ckpt ...``). The checkpoint alone rebuilds the network (its stored
@@ -26,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
+from a3c.augment import AUGMENT_MODES
 from a3c.cli import UsageError, non_negative_int, one_line, open_unit_float, positive_int, resolve_device
 from a3c.fileio import (
     TargetError,
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--keep-threshold", type=open_unit_float, default=0.5, metavar="P",
                     help="keep a pixel only where the policy's p(keep) >= P (default 0.5: the greedy action); "
                          "a calibration check, not a tuning knob for test figures")
+    ap.add_argument("--tta", choices=AUGMENT_MODES, default="none",
+                    help="test-time averaging: each step's action from the policy's probabilities averaged over "
+                         "the slice's symmetries, flip (2) or d4 (8, the 90-degree turns and mirrors); default none")
     ap.add_argument("--json", default=None, metavar="OUT",
                     help="write the means, stds, per-step Dice and per-slice metrics as one JSON object "
                          "(atomically)")
@@ -120,6 +124,7 @@ def result_dict(res, cfg, ckpt: dict, args, t_max: int, device) -> dict:
         "images": int(counters.get("images", 0)),
         "t_max": t_max,
         "keep_threshold": args.keep_threshold,
+        "tta": args.tta,
         "trained_t_max": int(cfg.env.t_max),
         "image_size": int(cfg.data.image_size),
         "device": str(device),
@@ -173,6 +178,7 @@ def run(args) -> int:
         try:
             try:
                 options = EvalOptions(max_slices=args.max_slices, t_max=args.t_max, keep_threshold=args.keep_threshold,
+                                      tta=args.tta,
                                       keep_examples=n if out_dir is not None else 0,
                                       progress=bar.update if bar is not None else None)
                 res, cfg, ckpt = evaluate_checkpoint(ckpt, store, args.split, device, options,
