@@ -366,11 +366,25 @@ def parse_args(argv):
 
 
 def check(args) -> None:
-    """Bad input -> UsageError with one line."""
+    """Bad input -> UsageError with one line. Also fills in what the store and the config decide:
+    ``args.select`` (the config's ``eval.select`` when not given) and ``args.folds`` (every fold)."""
     from datasets.store import SliceStore, StoreError
 
     try:
         store = SliceStore(args.data)
+    except (StoreError, OSError) as exc:
+        raise UsageError(one_line(exc)) from None
+    try:
+        check_with(store, args)
+    finally:
+        store.close()
+
+
+def check_with(store, args) -> None:
+    """``check`` on an open store."""
+    from datasets.store import StoreError
+
+    try:
         n = len(store.indices("train"))
     except (StoreError, OSError) as exc:
         raise UsageError(one_line(exc)) from None
