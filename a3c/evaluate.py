@@ -17,7 +17,7 @@ from a3c.checkpoint import CheckpointError, check_params, load_checkpoint
 from a3c.config import Config, config_from_dict
 from a3c.metrics import METRIC_KEYS, TABLE_HEADER, aggregate_metrics, overlap_metrics, segmentation_metrics
 from a3c.model import PixelDRLNet, build_model, tune_for_device
-from a3c.rollout import greedy_episode
+from a3c.rollout import ActionRule, greedy_episode
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -119,7 +119,7 @@ def evaluate(model: PixelDRLNet, batches: Iterable[Batch], cfg: Config, device: 
     for images, masks, idx in limit_batches(batches, options.max_slices):
         x, g = prepare_batch(images, masks, device, cfg.data.image_size)
         steps = greedy_episode(model, x, cfg.env, t_max=t_max, amp=cfg.train.amp,
-                               keep_threshold=options.keep_threshold, tta=options.tta)
+                               rule=ActionRule(options.keep_threshold, options.tta))
         stack = torch.stack(steps, dim=1).cpu().numpy()  # [B, T, H, W] bool
         gt = g[:, 0].cpu().numpy() > 0.5
         rows += score_batch(stack[:, -1], gt, idx, images.shape[-2:], meta, dice_only=options.dice_only)

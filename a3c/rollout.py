@@ -79,24 +79,33 @@ def policy_logits(model: PixelDRLNet, state: Tensor, amp: bool = False, tta: str
     return probs.clamp_min(1e-12).log()
 
 
+@dataclass(frozen=True)
+class ActionRule:
+    """How inference turns the policy into actions: a pixel is kept where p(keep) >= ``keep_threshold``
+    (``greedy_actions``; 0.5 = the argmax), p averaged over the symmetries of ``tta`` (``policy_logits``)."""
+
+    keep_threshold: float = 0.5
+    tta: str = "none"
+
+
 @torch.no_grad()
 def greedy_episode(model: PixelDRLNet, images: Tensor, env_cfg: EnvConfig, t_max: int | None = None,
-                   amp: bool = False, keep_threshold: float = 0.5, tta: str = "none") -> list[Tensor]:
+                   amp: bool = False, rule: ActionRule = ActionRule()) -> list[Tensor]:
     """Inference: from m(0) = ones, greedy actions for t_max steps.
 
     images [B, C, H, W] -> list of t_max masks m(1..t_max), each [B, H, W] bool; the last is the
     segmentation. No threshold is involved: the mask is the action map (for ``env.kind``
-    refine, the masks are p(t) > 0.5), unless ``keep_threshold`` asks "keep" to reach that
+    refine, the masks are p(t) > 0.5), unless ``rule.keep_threshold`` asks "keep" to reach that
     probability (``greedy_actions``; an analysis of calibration, not what training optimises).
-    ``tta`` (flip, d4) takes each step's action from the probabilities averaged over the
+    ``rule.tta`` (flip, d4) takes each step's action from the probabilities averaged over the
     symmetries of the state (``policy_logits``): one episode, one shared mask.
     """
     env = PixelEnv(env_cfg, images)
     state = env.reset()
     masks = []
     for _ in range(t_max or env_cfg.t_max):
-        logits = policy_logits(model, state, amp, tta)
-        state, _ = env.step(greedy_actions(logits, keep_threshold))
+        logits = policy_logits(model, state, amp, rule.tta)
+        state, _ = env.step(greedy_actions(logits, rule.keep_threshold))
         masks.append(env.mask[:, 0] > 0.5)
     return masks
 

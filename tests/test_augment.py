@@ -160,12 +160,12 @@ def column_policy_masks():
 @pytest.mark.parametrize("tta", ["none", "flip", "d4"])
 def test_greedy_episode_and_baseline_prediction_average_over_symmetries(tta):
     from a3c.config import EnvConfig
-    from a3c.rollout import greedy_episode
+    from a3c.rollout import ActionRule, greedy_episode
     from baselines.train import predict
 
     expected = column_policy_masks()[tta]
     images = torch.rand(2, 1, 5, 5, generator=torch.Generator().manual_seed(1))
     policy = ColumnPolicy()
-    masks = greedy_episode(policy, images, EnvConfig(t_max=3), tta=tta)
+    masks = greedy_episode(policy, images, EnvConfig(t_max=3), rule=ActionRule(tta=tta))
     assert len(masks) == 3 and all(torch.equal(m, expected.expand(2, 5, 5)) for m in masks)
     assert torch.equal(predict(policy.unet, images, tta=tta), expected.expand(2, 5, 5))

@@ -19,7 +19,7 @@ from a3c.config import config_from_dict, load_config
 from a3c.metrics import segmentation_metrics
 from a3c.model import build_model
 from a3c.params import numel
-from a3c.rollout import greedy_episode
+from a3c.rollout import ActionRule, greedy_episode
 from datasets.store import SliceStore
 from datasets.synth import SynthSpec, make_synthetic_store
 
@@ -124,7 +124,7 @@ def test_metrics_match_independent_episode(fx, tta):
     images, masks = store.read([row["index"]])
     info = store.meta(row["index"])
     assert (info["case"], info["slice"]) == (row["case"], row["slice"])
-    steps = greedy_episode(model, torch.from_numpy(images), cfg.env, tta=tta)
+    steps = greedy_episode(model, torch.from_numpy(images), cfg.env, rule=ActionRule(tta=tta))
     pred = steps[-1][0].numpy()
     assert 0 < pred.sum() < pred.size  # the fixture's agents do act
     ref = segmentation_metrics(pred, masks[0] > 0, spacing=info["spacing"])

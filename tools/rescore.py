@@ -56,8 +56,9 @@ def rescored(result: dict, res, select: str, tta: str, src: Path) -> dict:
             "rescored_from": str(src)}
 
 
-def score_cell(cell: Path, result: dict, data: str, select: str, tta: str, device, progress: bool):
-    """Evaluate one cell's checkpoint on its test split -> ``EvalResult``; UsageError on a bad cell."""
+def score_cell(cell: Path, result: dict, args, device):
+    """Evaluate one cell's checkpoint on its test split, with ``args``' ``data``, ``select``, ``tta`` and
+    ``no_progress`` -> ``EvalResult``; UsageError on a bad cell."""
     import torch
     from tqdm import tqdm
 
@@ -66,17 +67,17 @@ def score_cell(cell: Path, result: dict, data: str, select: str, tta: str, devic
     from baselines.train import evaluate_baseline, model_from_baseline_checkpoint
     from datasets.store import SliceStore, StoreError
 
-    method, split = result["method"], result["test_split"]
+    method, split, select, tta = result["method"], result["test_split"], args.select, args.tta
     path = checkpoint_path(cell, method, select)
     if not path.exists():
         raise UsageError(f"{path}: no {select} checkpoint in cell {cell.name}")
     try:
-        store = SliceStore(cell_store(cell, method, data))
+        store = SliceStore(cell_store(cell, method, args.data))
     except StoreError as exc:
         raise UsageError(one_line(exc)) from None
     try:
         bar = tqdm(total=len(store.indices(split)), unit="slice", desc=f"{cell.name} ({tta})", file=sys.stderr,
-                   dynamic_ncols=True, disable=not progress)
+                   dynamic_ncols=True, disable=args.no_progress)
         options = EvalOptions(tta=tta, progress=bar.update)
         try:
             if method in RL_METHODS:
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = json.loads((cell / "result.json").read_text())
             except (OSError, ValueError) as exc:
                 raise UsageError(f"{cell / 'result.json'}: unreadable ({one_line(exc)})") from None
-            res = score_cell(cell, result, args.data, args.select, args.tta, device, not args.no_progress)
+            res = score_cell(cell, result, args, device)
             write_json_atomic(rescored(result, res, args.select, args.tta, cell), target)
             print(f"{cell.name}: Dice {res.summary['dice']['mean']:.4f} ({len(res.per_image)} slices, "
                   f"{args.select}, tta {args.tta})")
