@@ -28,10 +28,9 @@ from a3c.augment import AUGMENT_MODES
 from a3c.cli import UsageError, one_line, resolve_device
 from a3c.config import SELECTIONS
 from a3c.fileio import write_json_atomic
-from a3c.metrics import METRIC_KEYS
+from tools.reproduce import RL_METHODS, scores
 
-RL_METHODS = ("pixeldrl", "pixelrl")  # as tools/reproduce.py: trained by a3c.launch
-BASELINE_EVAL_BATCH = 8
+BASELINE_EVAL_BATCH = 16  # slices per forward; the scores do not depend on it
 
 
 def checkpoint_path(cell: Path, method: str, select: str) -> Path:
@@ -48,18 +47,16 @@ def cell_store(cell: Path, method: str, data: str) -> str:
 
 def rescored(result: dict, res, select: str, tta: str, src: Path) -> dict:
     """The source cell ``result`` with its scores replaced by ``res`` (an ``EvalResult``) under ``select``."""
-    scores = {"metrics": {k: float(res.summary[k]["mean"]) for k in METRIC_KEYS}, "step_dice": res.step_dice,
-              "per_image": [{k: r.get(k) for k in ("case", "slice", "kept", "object", *METRIC_KEYS)}
-                            for r in res.per_image]}
+    new = scores({**{k: v["mean"] for k, v in res.summary.items()}, "step_dice": res.step_dice,
+                  "per_image": res.per_image})
     keep = {k: v for k, v in result.items() if k not in ("metrics", "step_dice", "per_image", "by_selection")}
-    return {**keep, **scores, "selection": select, "by_selection": {select: scores}, "tta": tta,
+    return {**keep, **new, "selection": select, "by_selection": {select: new}, "tta": tta,
             "rescored_from": str(src)}
 
 
 def score_cell(cell: Path, result: dict, args, device):
     """Evaluate one cell's checkpoint on its test split, with ``args``' ``data``, ``select``, ``tta`` and
     ``no_progress`` -> ``EvalResult``; UsageError on a bad cell."""
-    import torch
     from tqdm import tqdm
 
     from a3c.checkpoint import CheckpointError
@@ -89,8 +86,6 @@ def score_cell(cell: Path, result: dict, args, device):
         finally:
             bar.close()
     except (StoreError, CheckpointError, OSError, KeyError, ValueError) as exc:
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            raise
         raise UsageError(f"{cell}: cannot score it ({one_line(exc)})") from None
     finally:
         store.close()
