@@ -12,8 +12,9 @@ The paper names no augmentation; this is an option (``data.augment`` for PixelDR
 Image and mask of a slice get the same transform, so the labels stay aligned. Square slices are
 assumed for the rotations (the store's slices are).
 
-The same modes name the symmetries of test-time averaging (``symmetric_mean``; ``eval.tta``,
-``--tta``): a map is predicted on each transformed input, transformed back, and the maps averaged.
+The same modes name the symmetries of test-time averaging (``symmetric_mean``; ``--tta`` of
+``tools/eval_ckpt.py`` and ``tools/rescore.py``): a map is predicted on each transformed input,
+transformed back, and the maps averaged.
 """
 from __future__ import annotations
 
@@ -84,10 +85,4 @@ def symmetric_mean(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
     returns [B, K, H, W]. Mode ``none`` is ``predict(x)`` itself.
     """
     ks = symmetries(mode)
-    if ks == (0,):
-        return predict(x)
-    total = None
-    for k in ks:
-        y = undo_dihedral_tensor(predict(dihedral_tensor(x, k)), k)
-        total = y if total is None else total + y
-    return total / len(ks)
+    return sum(undo_dihedral_tensor(predict(dihedral_tensor(x, k)), k) for k in ks) / len(ks)
