@@ -54,33 +54,6 @@ needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed (pip install -r requirements-ray.txt)")
 
 
-@needs_ray
-@pytest.mark.slow
-def test_ray_local_instance_trains_two_workers(tiny_store, tmp_path):
-    run = tmp_path / "run"
-    res = run_module(ray_args(tiny_store, run, 2, "train.max_updates=12"), timeout=240)
-    assert res.returncode == 0, res.stderr
-    ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
-    assert ckpt["counters"]["updates"] == 12 and ckpt["counters"]["images"] == 24
-    assert (run / "checkpoints" / "best.pt").exists() and "DICE" in res.stdout
-    info = json.loads((run / "ray.json").read_text())
-    assert sorted(info["workers"]) == ["0", "1"] and all(w["node"] for w in info["workers"].values())
-    for rank in (0, 1):  # each worker pushed gradients and stopped when told
-        log = (run / "logs" / f"worker{rank}.log").read_text()
-        assert "first gradient" in log and "stopping after" in log
-    server = (run / "logs" / "server.log").read_text()
-    assert "checkpoint (budget spent) at update 12" in server
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    scalars = set()
-    for ev in (run / "tb").glob("events.*"):
-        acc = EventAccumulator(str(ev), size_guidance={"scalars": 0})
-        acc.Reload()
-        scalars |= set(acc.Tags()["scalars"])
-    assert {"losses/policy_loss", "charts/img_steps_per_s", "val/dice"} <= scalars
-
-
 @pytest.mark.parametrize("gpus, here, workers, plan", [
     (1, 1, 2, (0.1, 0.45, 2)),    # one GPU: the server's tenth and two workers
     (8, 8, 8, (0.1, 0.9, 1)),     # a GPU per worker, the server beside one of them
@@ -194,16 +167,34 @@ def cluster(tmp_path_factory):
 
 @needs_ray
 @pytest.mark.slow
-def test_ray_cluster_places_workers_on_the_second_node(cluster, tiny_store, tmp_path):
+def test_ray_cluster_places_workers_on_the_second_node_and_trains(cluster, tiny_store, tmp_path):
+    # a whole run through Ray: placement, counters, logs and TensorBoard (the local instance that
+    # ray.init starts without --ray-address runs in the fault and SIGTERM tests above)
     run = tmp_path / "run"
-    res = run_module(ray_args(tiny_store, run, 2, "--ray-address", cluster["address"], "train.max_updates=10"),
+    res = run_module(ray_args(tiny_store, run, 2, "--ray-address", cluster["address"], "train.max_updates=12"),
                      env=cluster["env"], timeout=240)
     assert res.returncode == 0, res.stderr
     info = json.loads((run / "ray.json").read_text())
     nodes = [w["node"] for w in info["workers"].values()]
     assert cluster["second_node"] in nodes, info
     assert info["server_node"] != cluster["second_node"]  # the server stays on the launcher's (head) node
-    assert updates_in(run / "checkpoints" / "latest.pt") == 10
+    assert sorted(info["workers"]) == ["0", "1"] and all(w["node"] for w in info["workers"].values())
+    ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert ckpt["counters"]["updates"] == 12 and ckpt["counters"]["images"] == 24
+    assert (run / "checkpoints" / "best.pt").exists() and "DICE" in res.stdout
+    for rank in (0, 1):  # each worker pushed gradients and stopped when told
+        log = (run / "logs" / f"worker{rank}.log").read_text()
+        assert "first gradient" in log and "stopping after" in log
+    assert "checkpoint (budget spent) at update 12" in (run / "logs" / "server.log").read_text()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = set()
+    for ev in (run / "tb").glob("events.*"):
+        acc = EventAccumulator(str(ev), size_guidance={"scalars": 0})
+        acc.Reload()
+        scalars |= set(acc.Tags()["scalars"])
+    assert {"losses/policy_loss", "charts/img_steps_per_s", "val/dice"} <= scalars
 
 
 @needs_ray

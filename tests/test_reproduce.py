@@ -155,8 +155,10 @@ def test_relative_paths_are_taken_from_the_callers_folder(tiny_store, tmp_path):
 @pytest.mark.slow
 def test_a_failed_cell_names_its_log_and_exits_1(tiny_store, tmp_path):
     out = tmp_path / "bad"
-    res = run_module(["tools/reproduce.py", "table3", "--data", str(tiny_store), "--out", str(out), *QUICK],
-                     env={"PIXELDRL_FAULT_RAISE": "1"}, timeout=300)
+    cfg = tmp_path / "no-restarts.yaml"  # the first fault ends the cell: no restarts to wait for
+    cfg.write_text(f"base: {ROOT / 'configs' / 'smoke.yaml'}\ntrain:\n  max_worker_restarts: 0\n")
+    res = run_module(["tools/reproduce.py", "table3", "--data", str(tiny_store), "--out", str(out), *QUICK,
+                      "--config", str(cfg)], env={"PIXELDRL_FAULT_RAISE": "1"}, timeout=300)
     assert res.returncode == 1
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cell ") and "train.log" in err[0]
