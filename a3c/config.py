@@ -48,6 +48,9 @@ class ModelConfig:
     reward_kernel: int = _f(33, "side of the learned reward-map kernel w of eq. 8 (odd; PixelRL uses 33)")
     init: str = _f("torch", "initial weights: torch (PyTorch's default for every conv) or kaiming (torchvision VGG's: "
                    "Kaiming-normal fan_out, zero biases; each head's last 1x1 conv N(0, 0.01))")
+    norm: str = _f("none", "normalisation after every hidden 3x3 conv, before its ReLU: none (the paper's VGG16), "
+                   "group (GroupNorm, gcd(C, 4) groups) or instance (one group per channel, as the U-Net "
+                   "baseline); per slice, no running statistics")
 
 
 @dataclass
@@ -181,6 +184,7 @@ _CHOICES = {
     ("env", "kind"): ("mask", "refine"),
     ("loss", "bootstrap"): ("zero", "value"),
     ("model", "init"): ("torch", "kaiming"),
+    ("model", "norm"): ("none", "group", "instance"),
     ("train", "rollout"): ("auto", "onestep", "full"),
     ("train", "cudnn_benchmark"): ("auto", "true", "false"),
 }

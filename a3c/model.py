@@ -16,11 +16,14 @@ Reading of the paper used here (it leaves the wiring open):
   value. Full resolution throughout, so every pixel is an agent.
 * The reward-map kernel ``w`` of eq. 8 is a module of the network (``reward_conv``) so that it
   is shared, optimised and checkpointed with the other parameters.
+* ``norm`` (not in the paper, off by default): a GroupNorm after every hidden 3x3 conv of the
+  extractor and the heads, before its ReLU.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 import torch
@@ -38,6 +41,28 @@ def conv3x3(cin: int, cout: int, dilation: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation)
 
 
+NORM_GROUPS = 4  # model.norm=group: channels per group = C / gcd(C, 4)
+
+
+def norm_layer(kind: str, channels: int) -> list[nn.Module]:
+    """The normalisation after a hidden 3x3 conv (before its ReLU), as a list of 0 or 1 modules.
+
+    ``none``: the paper's network (VGG16 has none). ``group``: GroupNorm with gcd(C, 4) groups.
+    ``instance``: GroupNorm with C groups, i.e. instance norm with a learned scale and shift, as the
+    U-Net baseline's. Both normalise each slice on its own (no running statistics), so workers,
+    evaluation and the shared parameter vector need nothing beyond the affine parameters.
+    """
+    if kind == "none":
+        return []
+    groups = channels if kind == "instance" else math.gcd(channels, NORM_GROUPS)
+    return [nn.GroupNorm(groups, channels)]
+
+
+def conv_block(cin: int, cout: int, dilation: int, norm: str) -> list[nn.Module]:
+    """3x3 conv, the normalisation of ``norm``, ReLU: [B, cin, H, W] -> [B, cout, H, W]."""
+    return [conv3x3(cin, cout, dilation), *norm_layer(norm, cout), nn.ReLU(inplace=True)]
+
+
 class VGGFeatures(nn.Module):
     """VGG16 conv1_1..conv4_3 at ``width`` base channels.
 
@@ -45,7 +70,7 @@ class VGGFeatures(nn.Module):
     conv3_3 [B, 4w, H/4, W/4], conv4_3 [B, 8w, H/8, W/8]) (sizes rounded down by each pooling).
     """
 
-    def __init__(self, in_channels: int, width: int, dilation: bool):
+    def __init__(self, in_channels: int, width: int, dilation: bool, norm: str = "none"):
         super().__init__()
         dil = (1, 1, 2, 2) if dilation else (1, 1, 1, 1)
         blocks = []
@@ -54,7 +79,7 @@ class VGGFeatures(nn.Module):
             cout = width * 2**i
             layers: list[nn.Module] = []
             for _ in range(n):
-                layers += [conv3x3(cin, cout, dil[i]), nn.ReLU(inplace=True)]
+                layers += conv_block(cin, cout, dil[i], norm)
                 cin = cout
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.ModuleList(blocks)
@@ -95,11 +120,11 @@ class SelfAttention(nn.Module):
         return f * (m * (h * w))
 
 
-def make_head(cin: int, channels: int, dilations: list[int], out: int) -> nn.Sequential:
-    """Stack of dilated 3x3 conv + ReLU, then 1x1 conv: [B, cin, H, W] -> [B, out, H, W]."""
+def make_head(cin: int, channels: int, dilations: list[int], out: int, norm: str = "none") -> nn.Sequential:
+    """Stack of dilated 3x3 conv (+ norm) + ReLU, then 1x1 conv: [B, cin, H, W] -> [B, out, H, W]."""
     layers: list[nn.Module] = []
     for d in dilations:
-        layers += [conv3x3(cin, channels, d), nn.ReLU(inplace=True)]
+        layers += conv_block(cin, channels, d, norm)
         cin = channels
     layers.append(nn.Conv2d(cin, out, 1))
     return nn.Sequential(*layers)
@@ -126,13 +151,13 @@ class PixelDRLNet(nn.Module):
     def __init__(self, cfg: ModelConfig, in_channels: int, actions: int = 2):
         super().__init__()
         self.in_channels = in_channels
-        self.features = VGGFeatures(in_channels, cfg.width, cfg.dilation)
+        self.features = VGGFeatures(in_channels, cfg.width, cfg.dilation, cfg.norm)
         deep = self.features.out_channels[-1]
         self.sam = SelfAttention(deep) if cfg.sam else nn.Identity()
         cat = sum(self.features.out_channels)
         dilations = list(cfg.head_dilations) if cfg.dilation else [1] * len(cfg.head_dilations)
-        self.policy = make_head(cat, cfg.head_channels, dilations, actions)
-        self.value = make_head(cat, cfg.head_channels, dilations, 1)
+        self.policy = make_head(cat, cfg.head_channels, dilations, actions, cfg.norm)
+        self.value = make_head(cat, cfg.head_channels, dilations, 1, cfg.norm)
         self.reward_conv = RewardConv(cfg.reward_kernel)
         if cfg.init == "kaiming":
             kaiming_init(self)

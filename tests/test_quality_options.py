@@ -10,6 +10,7 @@ import torch
 from a3c.config import ConfigError, load_config
 from a3c.losses import PixelWeights, Target, class_weights, combine, expected_mask, soft_dice_loss, step_losses
 from a3c.model import build_model
+from a3c.params import numel
 from a3c.rollout import reference_update
 
 SMOKE = "configs/smoke.yaml"
@@ -158,6 +159,7 @@ def test_live_only_changes_the_gradient_only_under_multiply():
     ("loss.dice_coef=-0.5", "non-negative"),
     ("loss.class_weight_cap=0.5", "at least 1"),
     ("model.init=xavier", "torch, kaiming"),
+    ("model.norm=batch", "none, group, instance"),
 ])
 def test_bad_option_values(override, words):
     with pytest.raises(ConfigError, match=words):
@@ -169,3 +171,44 @@ def test_refine_agents_ignore_the_supervised_terms():
                                                  f"loss.ce_coef={ce}", f"loss.dice_coef={ce}"]), 2)
              for ce in (0.0, 5.0)]  # image + coarse map
     assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("norm,groups", [("group", [4, 4, 4, 4]), ("instance", [8, 16, 32, 64])])
+def test_norm_layers_follow_every_hidden_conv(norm, groups):
+    """width 8: the extractor's blocks have 8, 16, 32, 64 channels; gcd(C, 4) = 4 groups, or one per channel."""
+    cfg = load_config(SMOKE, ["model.width=8", "model.head_channels=12", f"model.norm={norm}"])
+    net = build_model(cfg.model, 1)
+    plain = build_model(load_config(SMOKE, ["model.width=8", "model.head_channels=12"]).model, 1)
+    for block, g in zip(net.features.blocks, groups):
+        kinds = [type(m).__name__ for m in block]
+        assert kinds == ["Conv2d", "GroupNorm", "ReLU"] * (len(kinds) // 3)
+        assert all(m.num_groups == g for m in block if isinstance(m, torch.nn.GroupNorm))
+    for head in (net.policy, net.value):
+        norms = [m for m in head if isinstance(m, torch.nn.GroupNorm)]
+        assert len(norms) == len(cfg.model.head_dilations)
+        assert all(m.num_groups == (12 if norm == "instance" else 4) for m in norms)
+        assert isinstance(head[-1], torch.nn.Conv2d) and isinstance(head[-2], torch.nn.ReLU)
+    extra = sum(2 * m.num_channels for m in net.modules() if isinstance(m, torch.nn.GroupNorm))
+    assert numel(net) == numel(plain) + extra
+
+
+def test_group_norm_makes_each_hidden_map_zero_mean_per_group():
+    """A conv's normalised output at initialisation (scale 1, shift 0): each group of each slice has
+    mean 0 and variance 1. With zero conv biases (kaiming) the first GroupNorm cancels the image's
+    scale, so the whole network gives the same logits for x and x / 50; without it, SAM's softmax
+    does not."""
+    cfg = load_config(SMOKE, ["model.width=8", "model.norm=group", "model.init=kaiming"])
+    torch.manual_seed(0)
+    net = build_model(cfg.model, 1)
+    block = net.features.blocks[0]
+    x = 50.0 * torch.rand(2, 1, 16, 16) + 3.0
+    with torch.no_grad():
+        y = block[1](block[0](x)).view(2, 4, -1)
+    assert torch.allclose(y.mean(-1), torch.zeros(2, 4), atol=1e-5)
+    assert torch.allclose(y.var(-1, unbiased=False), torch.ones(2, 4), atol=1e-3)
+    for norm, same in (("group", True), ("none", False)):
+        torch.manual_seed(0)
+        net = build_model(load_config(SMOKE, ["model.width=8", f"model.norm={norm}", "model.init=kaiming"]).model, 1)
+        with torch.no_grad():
+            a, b = net(x)[0], net(x / 50.0)[0]
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5) == same
