@@ -38,7 +38,8 @@ def test_config_base_file_is_applied_first(tmp_path):
 def test_lgg_cpu_config_is_the_default_run_with_its_own_options():
     lgg, default = load_config("configs/lgg-cpu.yaml"), load_config("configs/default.yaml")
     assert lgg.env == default.env and lgg.model.head_dilations == default.model.head_dilations
-    assert (lgg.model.init, lgg.data.image_size, lgg.train.max_updates, lgg.loss.ce_coef) == ("kaiming", 128, 1200, 1.0)
+    assert (lgg.model.init, lgg.model.norm, lgg.data.image_size, lgg.train.max_updates, lgg.loss.ce_coef) == (
+        "kaiming", "group", 128, 1200, 1.0)
     assert (lgg.eval.select, default.eval.select) == ("last", "best")
     assert (lgg.loss.dice_coef, lgg.optim.ema_decay) == (1.0, 0.995)  # the recipe's; off in the package
     assert (default.loss.dice_coef, default.optim.ema_decay) == (0.0, 0.0)
