@@ -17,7 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from a3c.augment import AUGMENT_MODES
+from a3c.augment import AUGMENT_MODES, Jitter
 
 SELECTIONS = ("best", "last")  # eval.select: the checkpoint the end-of-run test headlines
 
@@ -143,8 +143,18 @@ class DataConfig:
     image_size: int = _f(0, "resize slices to this side (bilinear images, nearest masks); 0 = as stored")
     augment: str = _f("none", "random transform of each training slice (a3c/augment.py): none (as the paper), "
                       "flip (left-right mirror, p 1/2) or d4 (one of the 8 symmetries of the square)")
+    jitter_rotate: float = _f(0.0, "after data.augment, rotate each training slice by a uniform angle in [-r, r] "
+                              "degrees (0 = off)")
+    jitter_scale: float = _f(0.0, "after data.augment, zoom each training slice by a uniform factor in [1 - s, 1 + s] "
+                             "(0 = off)")
+    jitter_gamma: float = _f(0.0, "after data.augment, a gamma curve per slice and channel, exponent log-uniform in "
+                             "[1/(1 + g), 1 + g] (0 = off)")
     synth_cases: int = _f(16, "cases of the built-in synthetic store")
     synth_size: int = _f(64, "side of the built-in synthetic store's slices")
+
+    def jitter(self) -> Jitter:
+        """The continuous jitter of the ``jitter_*`` fields (``a3c.augment.jitter_batch``)."""
+        return Jitter(self.jitter_rotate, self.jitter_scale, self.jitter_gamma)
 
 
 @dataclass
@@ -391,6 +401,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"eval.select: expected one of {', '.join(SELECTIONS)}, got {cfg.eval.select!r}")
     if cfg.data.augment not in AUGMENT_MODES:
         raise ConfigError(f"data.augment: expected one of {', '.join(AUGMENT_MODES)}, got {cfg.data.augment!r}")
+    jitter_problem = cfg.data.jitter().problem(("data.jitter_rotate", "data.jitter_scale", "data.jitter_gamma"))
+    if jitter_problem:
+        raise ConfigError(jitter_problem)
 
 
 def describe(cfg: Config | None = None) -> str:

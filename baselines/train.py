@@ -5,8 +5,8 @@
     python -m baselines.train MODEL --data FILE.h5 --out DIR [--epochs N | --max-updates N]
         [--batch 8] [--lr 1e-3] [--image-size S] [--device auto|cpu|cuda] [--seed 0]
         [--train-split train] [--val-split val] [--test-split test] [--width W]
-        [--val-every N] [--threads N] [--augment none|flip|d4] [--select best|last] [--ema-decay D]
-        [--no-progress]
+        [--val-every N] [--threads N] [--augment none|flip|d4] [--jitter-rotate R] [--jitter-scale S]
+        [--jitter-gamma G] [--select best|last] [--ema-decay D] [--no-progress]
 
 or ``train_baseline(name, store_path, out_dir, ...)`` (``train_options(BaselineOptions(...))``) from
 Python (returns the test-metrics dict).
@@ -15,7 +15,8 @@ Training: Adam (constant learning rate), loss ``monai.losses.DiceCELoss(sigmoid=
 on sigmoid probabilities, per image, plus binary cross-entropy on the logits, weights 1 and 1).
 Each update draws ``--batch`` distinct random slices of the train split (``SliceStore.sample``);
 one epoch is ``ceil(n_train / batch)`` updates. ``--augment`` (default none) mirrors or rotates each
-drawn slice (``a3c.augment``), as ``data.augment`` does for PixelDRL-MG. Every ``--val-every`` updates
+drawn slice (``a3c.augment``), as ``data.augment`` does for PixelDRL-MG, and ``--jitter-*`` (default
+0, off) rotate, zoom and gamma-curve it after that, as ``data.jitter_*`` do. Every ``--val-every`` updates
 (default: one epoch) and after the last update the model's mean per-slice Dice on the val split
 (``a3c.metrics.overlap_metrics``, the same Dice as the test table) is measured; one at least as good
 as the best so far (``a3c.metrics.improves``: ties go to the later model) is saved atomically to
@@ -54,7 +55,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from a3c.augment import AUGMENT_MODES, augment_batch, symmetric_mean
+from a3c.augment import AUGMENT_MODES, Jitter, augment_batch, jitter_batch, symmetric_mean
 from a3c.batch import prepare_batch
 from a3c.checkpoint import (
     CheckpointError,
@@ -174,6 +175,7 @@ class BaselineOptions:
     val_every: int = 0
     threads: int = 1
     augment: str = "none"
+    jitter: Jitter = Jitter()
     select: str = "best"
     ema_decay: float = 0.0
 
@@ -187,6 +189,9 @@ class BaselineOptions:
             raise BaselineError(f"unknown model {self.name!r}; known: {', '.join(BASELINES)}")
         if self.augment not in AUGMENT_MODES:
             raise BaselineError(f"unknown augmentation {self.augment!r}; known: {', '.join(AUGMENT_MODES)}")
+        jitter_problem = self.jitter.problem(("--jitter-rotate", "--jitter-scale", "--jitter-gamma"))
+        if jitter_problem:
+            raise BaselineError(jitter_problem)
         if self.select not in SELECTIONS:
             raise BaselineError(f"unknown model selection {self.select!r}; known: {', '.join(SELECTIONS)}")
         try:
@@ -330,7 +335,7 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
     try:
         for u in range(1, total + 1):
             images, masks, _ = store.sample(o.train_split, o.batch, rng)
-            images, masks = augment_batch(images, masks, o.augment, rng)
+            images, masks = jitter_batch(*augment_batch(images, masks, o.augment, rng), o.jitter, rng)
             x, g = prepare_batch(images, masks, dev, o.image_size)
             loss = loss_fn(model(x), g)
             opt.zero_grad(set_to_none=True)
@@ -391,7 +396,8 @@ def _train(r: _Run, say: Callable[[str], None], t_start: float) -> dict:
         "train_split": o.train_split, "val_split": o.val_split, "data": str(Path(store.path).resolve()),
         "checkpoint": str(ckpt_path.resolve()), "updates": total, "epochs": total / per_epoch,
         "batch": o.batch, "lr": o.lr, "seed": o.seed, "loss": LOSS_NAME, "optimizer": "Adam (constant lr)",
-        "threshold": THRESHOLD, "augment": o.augment, "best_update": best_update,
+        "threshold": THRESHOLD, "augment": o.augment,
+        "jitter": asdict(o.jitter), "best_update": best_update,
         "best_val_dice": best if o.val_split else None,
         "selection": o.select if o.val_split else "final (no validation)",
         "by_selection": {rule: {k: one.summary[k]["mean"] for k in METRIC_KEYS} | {"per_image": one.per_image}
@@ -449,6 +455,11 @@ def _parser() -> argparse.ArgumentParser:
                          "shared with other jobs, see docs/BASELINES.md)")
     ap.add_argument("--augment", choices=AUGMENT_MODES, default="none",
                     help="random transform of each training slice (a3c/augment.py; default none)")
+    for name, what in (("rotate", "rotate each training slice by a uniform angle in [-R, R] degrees"),
+                       ("scale", "zoom each training slice by a uniform factor in [1 - S, 1 + S]"),
+                       ("gamma", "a gamma curve per slice and channel, exponent log-uniform in [1/(1 + G), 1 + G]")):
+        ap.add_argument(f"--jitter-{name}", type=float, default=0.0, metavar=name[0].upper(),
+                        help=f"after --augment, {what} (default 0 = off; as PixelDRL-MG's data.jitter_{name})")
     ap.add_argument("--select", choices=SELECTIONS, default="best",
                     help="checkpoint the test scores: best = best val Dice (default), last = the final "
                          "model; with a val split both are saved (best.pt, last.pt) and scored in "
@@ -468,7 +479,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                               batch=args.batch, lr=args.lr, image_size=args.image_size, device=args.device,
                               seed=args.seed, train_split=args.train_split, val_split=args.val_split,
                               test_split=args.test_split, width=args.width, val_every=args.val_every,
-                              threads=args.threads, augment=args.augment, select=args.select,
+                              threads=args.threads, augment=args.augment,
+                              jitter=Jitter(args.jitter_rotate, args.jitter_scale, args.jitter_gamma),
+                              select=args.select,
                               ema_decay=args.ema_decay)
     try:
         train_options(options, progress=not args.no_progress, log=print)

@@ -9,10 +9,14 @@ import torch
 
 from a3c.augment import (
     AUGMENT_MODES,
+    Jitter,
+    affine_warp,
     augment_batch,
     dihedral,
     dihedral_tensor,
     draw_transforms,
+    gamma_curve,
+    jitter_batch,
     symmetric_mean,
     symmetries,
     undo_dihedral_tensor,
@@ -91,14 +95,89 @@ def test_baseline_trainer_refuses_an_unknown_augmentation(tmp_path):
 def test_reproduce_gives_the_baselines_the_configs_augmentation(tmp_path):
     from tools import reproduce
     cfg = tmp_path / "aug.yaml"
-    cfg.write_text("data:\n  augment: d4\n  image_size: 32\n")
+    cfg.write_text("data:\n  augment: d4\n  image_size: 32\n  jitter_rotate: 15\n  jitter_gamma: 0.3\n")
     args = reproduce.parse_args(["cv", "--data", "x.h5", "--config", str(cfg), "--folds", "0",
                                  "--baselines", "unet"])
     cell = next(c for c in reproduce.plan(args) if c.method != "pixeldrl")
     cmd = reproduce.command(cell, args, Path(tmp_path / "run"), resume=False)
     assert cmd[cmd.index("--augment") + 1] == "d4"
     assert cmd[cmd.index("--image-size") + 1] == "32"
+    jitter = [cmd[cmd.index(f"--jitter-{k}") + 1] for k in ("rotate", "scale", "gamma")]
+    assert jitter == ["15", "0", "0.3"]
     assert set(AUGMENT_MODES) == {"none", "flip", "d4"}
+
+
+# --- continuous jitter -------------------------------------------------------------------------
+
+GRID = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+
+
+def test_a_quarter_turn_of_the_warp_is_the_symmetry_for_image_and_mask():
+    masks = (GRID[:, 0] > 7).astype(np.uint8)  # the bottom two rows
+    out_i, out_m = affine_warp(GRID, masks, np.array([90.0]), np.array([1.0]))
+    assert np.allclose(out_i[0, 0], np.rot90(GRID[0, 0]), atol=1e-5)  # counter-clockwise, as np.rot90
+    assert out_m.dtype == np.uint8 and np.array_equal(out_m[0], np.rot90(masks[0]))
+    assert out_i.dtype == np.float32 and out_i.shape == GRID.shape
+
+
+def test_a_half_turn_of_a_non_square_slice_by_hand():
+    wide = np.arange(8, dtype=np.float32).reshape(1, 1, 2, 4)
+    out_i, _ = affine_warp(wide, np.zeros((1, 2, 4), np.uint8), np.array([180.0]), np.array([1.0]))
+    assert np.allclose(out_i[0, 0], [[7, 6, 5, 4], [3, 2, 1, 0]], atol=1e-5)
+
+
+def test_a_zoom_by_hand():
+    # zoom 2: output pixel (0, 0), 1.5 px up-left of the centre, samples the input 0.75 px up-left of
+    # it, at (row, col) = (0.75, 0.75): bilinear 4 * 0.75 + 0.75 = 3.75; a zoom 0.5 leaves zero corners
+    out_i, _ = affine_warp(GRID, np.zeros((1, 4, 4), np.uint8), np.array([0.0]), np.array([2.0]))
+    assert out_i[0, 0, 0, 0] == pytest.approx(3.75) and out_i[0, 0, 3, 3] == pytest.approx(11.25)
+    out_i, _ = affine_warp(GRID, np.zeros((1, 4, 4), np.uint8), np.array([0.0]), np.array([0.5]))
+    assert out_i[0, 0, 0, 0] == pytest.approx(0.0) and out_i[0, 0, 1:3, 1:3].min() > 0
+
+
+def test_gamma_curve_by_hand():
+    x = np.array([[[[0.0, 0.25], [1.0, 0.5]], [[2.0, 3.0], [6.0, 6.0]], [[5.0, 5.0], [5.0, 5.0]]]], np.float32)
+    out = gamma_curve(x, np.array([[0.5, 2.0, 3.0]]))
+    assert np.allclose(out[0, 0], [[0.0, 0.5], [1.0, np.sqrt(0.5)]])
+    assert np.allclose(out[0, 1], [[2.0, 2.25], [6.0, 6.0]])  # lo 2, span 4: 3 -> 2 + 4 * (1/4)^2
+    assert np.array_equal(out[0, 2], x[0, 2])  # a constant channel stays as it is
+
+
+def test_jitter_off_returns_the_batch_and_draws_nothing():
+    rng = np.random.default_rng(0)
+    images, masks = np.zeros((2, 1, 4, 4), np.float32), np.zeros((2, 4, 4), np.uint8)
+    out_i, out_m = jitter_batch(images, masks, Jitter(), rng)
+    assert out_i is images and out_m is masks
+    assert rng.integers(1 << 30) == np.random.default_rng(0).integers(1 << 30)
+
+
+def test_jitter_draws_one_warp_and_one_gamma_per_slice_and_channel():
+    rng = np.random.default_rng(5)
+    images = rng.random((3, 2, 8, 8)).astype(np.float32)
+    masks = (images[:, 0] > 0.5).astype(np.uint8)
+    jitter = Jitter(rotate=30.0, scale=0.2, gamma=0.5)
+    out_i, out_m = jitter_batch(images, masks, jitter, np.random.default_rng(7))
+    draws = np.random.default_rng(7)
+    angles, zooms = draws.uniform(-30, 30, 3), draws.uniform(0.8, 1.2, 3)
+    gammas = np.exp(draws.uniform(-np.log(1.5), np.log(1.5), (3, 2)))
+    assert np.abs(angles).max() <= 30 and gammas.min() >= 1 / 1.5 and gammas.max() <= 1.5
+    warped_i, warped_m = affine_warp(images, masks, angles, zooms)
+    assert np.array_equal(out_m, warped_m) and set(np.unique(out_m)) <= {0, 1}
+    assert np.allclose(out_i, gamma_curve(warped_i, gammas))
+    assert not np.allclose(out_i, images)
+
+
+def test_jitter_ranges_checked_in_the_config_and_the_baseline_trainer(tmp_path):
+    cfg = load_config(None, ["data.jitter_rotate=15", "data.jitter_gamma=0.3"])
+    assert cfg.data.jitter() == Jitter(rotate=15.0, scale=0.0, gamma=0.3)
+    assert load_config(None).data.jitter() == Jitter()  # off by default, as the paper
+    with pytest.raises(ConfigError, match=r"data.jitter_scale must be in \[0, 1\), got 1.5"):
+        load_config(None, ["data.jitter_scale=1.5"])
+    with pytest.raises(ConfigError, match="data.jitter_rotate must be in"):
+        load_config(None, ["data.jitter_rotate=-1"])
+    from baselines.train import BaselineError, train_baseline
+    with pytest.raises(BaselineError, match="--jitter-gamma must be in"):
+        train_baseline("unet", tmp_path / "missing.h5", tmp_path / "out", jitter=Jitter(gamma=-0.1))
 
 
 # --- test-time averaging ---------------------------------------------------------------------------

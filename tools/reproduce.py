@@ -18,7 +18,7 @@ EXPERIMENT (one per paper table or figure):
   ``cvK/fold{k}/train``, best checkpoint by ``cvK/fold{k}/val`` (a training-side patient), tested on
   ``cvK/fold{k}/test`` (``datasets.store.cv_folds``); the report of ``tools/cv_report.py`` (per
   patient, pooled, collapsed runs, step Dice, paired comparisons) follows the table. The
-  baselines get the config's ``data.image_size`` and ``data.augment``; they keep their raw weights
+  baselines get the config's ``data.image_size``, ``data.augment`` and ``data.jitter_*``; they keep their raw weights
   unless ``--baseline-ema-decay`` is given (a moving average did not help the U-Net on the
   LGG cross-validation, docs/RESULTS.md, so its opponent stays the stronger one).
 * ``fig5``: PixelDRL-MG against the PixelRL refinement of coarse masks: for each baseline in
@@ -171,6 +171,8 @@ def command(cell: Cell, args, run: Path, resume: bool, data: str | None = None) 
     return py + ["-m", "baselines.train", cell.method, "--data", args.data, "--out", str(run),
                  "--epochs", f"{max(args.baseline_epochs * args.budget, 1e-3):g}", "--width", args.baseline_width,
                  "--image-size", str(data_cfg.image_size), "--augment", data_cfg.augment,
+                 "--jitter-rotate", f"{data_cfg.jitter_rotate:g}", "--jitter-scale", f"{data_cfg.jitter_scale:g}",
+                 "--jitter-gamma", f"{data_cfg.jitter_gamma:g}",
                  "--ema-decay", f"{args.baseline_ema_decay:g}",
                  "--seed", str(cell.seed), "--device", args.device, "--no-progress", "--select", args.select,
                  "--train-split", cell.train_split, "--val-split", cell.val_split, "--test-split", cell.test_split]

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from a3c.augment import augment_batch
+from a3c.augment import augment_batch, jitter_batch
 from a3c.batch import prepare_batch
 from a3c.config import config_from_dict
 from a3c.memory import resolve_rollout
@@ -59,6 +59,7 @@ def run_worker(logger, spec: RunSpec, rank: int, seed: int, make_link, sharers: 
     bind_to_flat(model, local)
     bind_grads(model, link.grad)  # backward accumulates straight into the link's buffer
     rng = np.random.default_rng(seed)
+    jitter = cfg.data.jitter()
     gen = torch.Generator(device=device).manual_seed(seed)
     fault_raise = os.environ.get("PIXELDRL_FAULT_RAISE") == "1"
     nan_every = int(os.environ.get("PIXELDRL_FAULT_NAN_EVERY", "0") or 0)
@@ -68,7 +69,7 @@ def run_worker(logger, spec: RunSpec, rank: int, seed: int, make_link, sharers: 
     while True:
         version = link.pull(local)
         images, masks, _ = store.sample(cfg.data.train_split, cfg.train.batch_size, rng)
-        images, masks = augment_batch(images, masks, cfg.data.augment, rng)
+        images, masks = jitter_batch(*augment_batch(images, masks, cfg.data.augment, rng), jitter, rng)
         x, g = prepare_batch(images, masks, device, cfg.data.image_size)
         if cfg.train.rollout == "auto":
             cfg.train.rollout, why = resolve_rollout(model, x, g, cfg, sharers, link.free_bytes())
