@@ -44,6 +44,8 @@ def test_lgg_cpu_config_is_the_default_run_with_its_own_options():
     assert (lgg.loss.dice_coef, lgg.optim.ema_decay) == (1.0, 0.995)  # the recipe's; off in the package
     assert (default.loss.dice_coef, default.optim.ema_decay) == (0.0, 0.0)
     assert (lgg.data.augment, default.data.augment) == ("d4", "none")
+    assert (lgg.data.jitter_rotate, lgg.data.jitter_scale, lgg.data.jitter_gamma) == (15, 0.15, 0.3)
+    assert not (default.data.jitter_rotate or default.data.jitter_scale or default.data.jitter_gamma)
 
 
 def test_eval_select_names_a_checkpoint_rule():
