@@ -7,7 +7,17 @@ import sys
 
 import pytest
 
-from tools.cv_report import collapsed_seeds, cv_markdown, main, paired, patient_means, pooled, selected
+from tools.cv_report import (
+    collapsed_seeds,
+    cv_markdown,
+    load_patient_table,
+    main,
+    paired,
+    patient_means,
+    patient_rows,
+    pooled,
+    selected,
+)
 
 
 def cell(method, seed, fold, rows, step_dice=()):
@@ -118,3 +128,57 @@ def test_selected_takes_the_other_checkpoints_scores(results, tmp_path, capsys):
     b = write_folder(tmp_path / "b", results[1:2])
     assert main([f"{b}=B@last"]) == 2 and "predates by_selection" in capsys.readouterr().err
     assert main([f"{b}=B@median"]) == 2 and "best or last, got 'median'" in capsys.readouterr().err
+
+
+def test_patient_rows_hold_the_means_per_fold(results):
+    rows = {(r["method"], r["seed"], r["case"]): r for r in patient_rows(results)}
+    a = rows[("RL", 0, "a")]
+    assert a["slices"] == 3 and a["fold"] == 0 and a["dice"] == pytest.approx(0.8) and a["iou"] == pytest.approx(0.4)
+    assert a["kept"] == pytest.approx(0.05) and a["step_dice"] == [0.6, 0.8]
+    assert rows[("UNet", 0, "b")]["kept"] == pytest.approx(0.99) and rows[("UNet", 0, "b")]["step_dice"] == []
+
+
+def test_patient_table_round_trip_gives_the_same_report(results, tmp_path, capsys):
+    a = write_folder(tmp_path / "a", results)
+    table = tmp_path / "patients.csv"
+    assert main([str(a), "--patients", str(table)]) == 0
+    direct = capsys.readouterr().out
+    assert table.read_text().startswith("method,seed,fold,case,slices,dice,iou,biou,hd95,kept,object,step_dice,cell\n")
+    assert main([str(table)]) == 0
+    assert capsys.readouterr().out == direct  # pooled, slice-pooled, collapses (UNet-1-0 kept 99%), steps, paired
+    assert main([f"{table}=T", str(a), "--first", "RL"]) == 0
+    assert "| T RL | 2 | +0.0000" in capsys.readouterr().out  # a table pairs with a folder of the same cells
+
+
+def test_a_minimal_patient_table_pairs_by_dice_alone(tmp_path):
+    table = tmp_path / "ref.csv"
+    table.write_text("# typed from a report\nmethod,seed,case,dice\nref,0,a,0.5\n# b came later\nref,0,b,0.6\n")
+    cells = load_patient_table(table, "R")
+    assert len(cells) == 1 and cells[0]["row"] == "R ref" and cells[0]["fold"] == 0
+    assert [i["case"] for i in cells[0]["per_image"]] == ["a", "b"]
+    mine = [cell("RL", 0, 0, [("a", 0.7, 0.05)]), cell("RL", 0, 1, [("b", 0.5, 0.05)])]
+    p = paired(mine + cells, "RL", "R ref")
+    assert p["diffs"] == pytest.approx([0.2, -0.1]) and p["mean"] == pytest.approx(0.05)
+    assert "| R ref | 1 | 2 | 0.5500 ± 0.0000 | nan" in cv_markdown(cells)  # no IoU column: NaN, not a guess
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "no rows"),
+    ("method,seed,case\nx,0,a\n", "not a patient table: no dice column"),
+    ("method,seed,case,dice\nx,0,a,0.5\nx,zero,b,0.5\n", "line 3: invalid literal for int()"),
+    ("method,seed,case,dice\nx,0,a,high\n", "line 2: could not convert string to float"),
+    ("# a comment\nmethod,seed,case,dice\n# another\nx,0,a,high\n", "line 4: could not convert"),
+    ("method,seed,case,dice,slices\nx,0,a,0.5,0\n", "line 2: needs a method, a case and at least one slice"),
+])
+def test_bad_patient_tables_are_one_line_errors(tmp_path, capsys, text, message):
+    table = tmp_path / "bad.csv"
+    table.write_text(text)
+    assert main([str(table)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {table}") and message in err and "\n" not in err
+
+
+def test_a_patient_table_takes_no_checkpoint_rule(tmp_path, capsys):
+    table = tmp_path / "t.csv"
+    table.write_text("method,seed,case,dice\nx,0,a,0.5\n")
+    assert main([f"{table}=T@last"]) == 2 and "holds one checkpoint's scores" in capsys.readouterr().err

@@ -24,11 +24,23 @@ e.g. two recipes and extra seeds of a baseline::
 several folders pool as seeds of one method); the first method listed is the one compared.
 ``DIR=LABEL@last`` (or ``@best``) scores each cell on that checkpoint, from its ``by_selection``
 (both trainers test the best-validation and the final checkpoint).
+
+``--patients FILE.csv`` also writes the **patient table**: one row per method, seed, fold and
+patient (slice count, the mean of each metric, of the kept and the true object share, and the
+fold's Dice after each step). A run folder lives outside the repository and can be lost; its
+patient table is small enough to commit, and ``FILE.csv`` (or ``FILE.csv=LABEL``) in place of a
+folder reads it back, giving the same pooled figures, collapses, steps and paired comparisons.
+Only ``method``, ``seed``, ``case`` and ``dice`` are required (e.g. a table typed from a report);
+a missing ``fold`` reads as 0, ``slices`` as 1 and a missing metric as NaN; lines starting with
+``#`` are comments.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -41,11 +53,17 @@ from a3c.evaluate import mask_shares, policy_collapse
 from a3c.stats import bootstrap_ci, wilcoxon_signed_rank
 
 REPORT_KEYS = ("dice", "iou", "biou", "hd95")
+SHARE_KEYS = ("kept", "object")
+PATIENT_COLUMNS = ("method", "seed", "fold", "case", "slices", *REPORT_KEYS, *SHARE_KEYS, "step_dice", "cell")
 COLLAPSE_FRACTION = 0.8
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
-    return (statistics.fmean(values), statistics.pstdev(values)) if values else (float("nan"), float("nan"))
+    """(mean, population sd); NaN for no values, and the sd NaN where a value is not finite."""
+    if not values:
+        return float("nan"), float("nan")
+    finite = all(math.isfinite(v) for v in values)
+    return statistics.fmean(values), statistics.pstdev(values) if finite else float("nan")
 
 
 def patient_means(results: list[dict]) -> dict[str, dict[int, dict[str, dict[str, float]]]]:
@@ -183,9 +201,14 @@ def selected(result: dict, rule: str) -> dict:
 def load_cells(spec: str) -> list[dict]:
     """``DIR``, ``DIR=LABEL`` or ``DIR=LABEL@RULE`` -> the finished cells (``DIR/cells/*/result.json``)
     of a cv folder, each method renamed ``LABEL METHOD`` when a label is given and scored on the
-    checkpoint ``RULE`` (best or last) selects when one is given. Raises ValueError (one line)."""
+    checkpoint ``RULE`` (best or last) selects when one is given; ``FILE.csv[=LABEL]`` -> the cells of
+    a patient table (``load_patient_table``). Raises ValueError (one line)."""
     folder, _, label = spec.partition("=")
     label, _, rule = label.partition("@")
+    if folder.endswith(".csv"):
+        if rule:
+            raise ValueError(f"{spec}: a patient table holds one checkpoint's scores; no @{rule}")
+        return load_patient_table(folder, label)
     if rule and rule not in SELECTIONS:
         raise ValueError(f"{spec}: the rule after @ is best or last, got {rule!r}")
     paths = sorted(Path(folder).glob("cells/*/result.json"))
@@ -210,13 +233,82 @@ def load_cells(spec: str) -> list[dict]:
     return cells
 
 
+def patient_rows(results: list[dict]) -> list[dict]:
+    """The patient table of ``results``: one row per method, seed, fold and case (``PATIENT_COLUMNS``),
+    each metric and share the mean over the case's test slices, ``step_dice`` (a list) and ``cell``
+    (the id) the fold's."""
+    groups: dict = defaultdict(list)
+    steps, ids = {}, {}
+    for r in results:
+        steps[(r["row"], r["seed"], r["fold"])] = list(r.get("step_dice") or [])
+        ids[(r["row"], r["seed"], r["fold"])] = r.get("id", "")
+        for img in r["per_image"]:
+            groups[(r["row"], r["seed"], r["fold"], img["case"])].append(img)
+    rows = []
+    for (method, seed, fold, case), imgs in groups.items():
+        means = {k: float(np.mean([i.get(k, math.nan) for i in imgs])) for k in (*REPORT_KEYS, *SHARE_KEYS)}
+        rows.append({"method": method, "seed": seed, "fold": fold, "case": case, "slices": len(imgs), **means,
+                     "step_dice": steps[(method, seed, fold)], "cell": ids[(method, seed, fold)]})
+    return rows
+
+
+def patient_csv(results: list[dict]) -> str:
+    """``patient_rows`` as CSV text; floats in full precision, ``step_dice`` space-separated."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=PATIENT_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for row in patient_rows(results):
+        w.writerow(row | {k: repr(row[k]) for k in (*REPORT_KEYS, *SHARE_KEYS)}
+                   | {"step_dice": " ".join(repr(x) for x in row["step_dice"])})
+    return buf.getvalue()
+
+
+def load_patient_table(path: str | Path, label: str = "") -> list[dict]:
+    """A patient table (``patient_csv``) -> cells, one per method, seed and fold, whose ``per_image``
+    repeats each patient's means ``slices`` times (so patient means, slice-pooled means and mask
+    shares come out as from the original cells). Raises ValueError (one line, naming the file)."""
+    path = Path(path)
+    try:
+        numbered = [(n, line) for n, line in enumerate(path.read_text().splitlines(), start=1)
+                    if not line.startswith("#")]  # comment lines: where the figures came from
+        table = list(csv.DictReader(line for _, line in numbered))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: not a readable patient table ({exc})") from None
+    if not table:
+        raise ValueError(f"{path}: no rows (a patient table has a header and one row per patient)")
+    missing = {"method", "seed", "case", "dice"} - set(table[0])
+    if missing:
+        raise ValueError(f"{path}: not a patient table: no {', '.join(sorted(missing))} column "
+                         f"(columns are {', '.join(PATIENT_COLUMNS)})")
+    cells: dict = {}
+    for (n, _), row in zip(numbered[1:], table):
+        try:
+            seed, fold = int(row["seed"]), int(row.get("fold") or 0)
+            slices = int(row.get("slices") or 1)
+            vals = {k: float(row[k]) if row.get(k) not in (None, "") else math.nan for k in (*REPORT_KEYS, *SHARE_KEYS)}
+            steps = [float(x) for x in (row.get("step_dice") or "").split()]
+        except ValueError as exc:
+            raise ValueError(f"{path}, line {n}: {exc}") from None
+        if slices < 1 or not row["case"] or not row["method"]:
+            raise ValueError(f"{path}, line {n}: needs a method, a case and at least one slice")
+        method = f"{label} {row['method']}" if label else row["method"]
+        cell_id = row.get("cell") or f"{path.name}:{method}:fold{fold}:seed{seed}"
+        c = cells.setdefault((method, seed, fold), {"id": cell_id,
+                                                    "row": method, "seed": seed, "fold": fold,
+                                                    "step_dice": steps, "per_image": []})
+        c["per_image"] += [{"case": row["case"], **vals} for _ in range(slices)]
+    return list(cells.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python tools/cv_report.py",
                                  description="Merge reproduce.py cv folders into one cross-validation report.")
     ap.add_argument("folders", nargs="+", metavar="DIR[=LABEL]", help="cv output folders, optionally labelled, "
-                    "optionally with the checkpoint rule: DIR=LABEL@last")
+                    "optionally with the checkpoint rule: DIR=LABEL@last; or patient tables FILE.csv[=LABEL]")
     ap.add_argument("--first", default=None, help="method the paired comparisons start from (default: the first)")
     ap.add_argument("--out", default=None, help="also write the markdown to this file")
+    ap.add_argument("--patients", default=None, metavar="FILE.csv",
+                    help="also write the patient table (one row per method, seed, fold and patient)")
     args = ap.parse_args(argv)
     try:
         results = [r for spec in args.folders for r in load_cells(spec)]
@@ -231,10 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         results.sort(key=lambda r: r["row"] != args.first)  # stable: the rest keep their order
     text = cv_markdown(results)
     print(text, end="")
-    if args.out:
-        from a3c.fileio import write_bytes_atomic
+    from a3c.fileio import write_bytes_atomic
 
+    if args.out:
         write_bytes_atomic(Path(args.out), text.encode())
+    if args.patients:
+        write_bytes_atomic(Path(args.patients), patient_csv(results).encode())
     return 0
 
 
