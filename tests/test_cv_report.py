@@ -182,3 +182,15 @@ def test_a_patient_table_takes_no_checkpoint_rule(tmp_path, capsys):
     table = tmp_path / "t.csv"
     table.write_text("method,seed,case,dice\nx,0,a,0.5\n")
     assert main([f"{table}=T@last"]) == 2 and "holds one checkpoint's scores" in capsys.readouterr().err
+
+
+def test_the_committed_patient_tables_read_back():
+    from tests.conftest import ROOT
+
+    tables = sorted((ROOT / "docs" / "cv").glob("*.csv"))
+    assert tables, "docs/cv holds the per-patient tables of docs/RESULTS.md"
+    for t in tables:
+        cells = load_patient_table(t)
+        for method, seeds in patient_means(cells).items():
+            for seed, cases in seeds.items():  # every seed of a 4-fold CV tests each of the 8 patients once
+                assert len(cases) == 8, f"{t.name}: {method} seed {seed} has {len(cases)} patients"
