@@ -169,6 +169,7 @@ def test_a_minimal_patient_table_pairs_by_dice_alone(tmp_path):
     ("method,seed,case,dice\nx,0,a,high\n", "line 2: could not convert string to float"),
     ("# a comment\nmethod,seed,case,dice\n# another\nx,0,a,high\n", "line 4: could not convert"),
     ("method,seed,case,dice,slices\nx,0,a,0.5,0\n", "line 2: needs a method, a case and at least one slice"),
+    ("method,seed,case,dice\nx,0,a,0.5\nx\n", "line 3: int() argument must be"),
 ])
 def test_bad_patient_tables_are_one_line_errors(tmp_path, capsys, text, message):
     table = tmp_path / "bad.csv"

@@ -50,6 +50,7 @@ import numpy as np
 
 from a3c.config import SELECTIONS
 from a3c.evaluate import mask_shares, policy_collapse
+from a3c.fileio import write_bytes_atomic
 from a3c.stats import bootstrap_ci, wilcoxon_signed_rank
 
 REPORT_KEYS = ("dice", "iou", "biou", "hd95")
@@ -238,17 +239,17 @@ def patient_rows(results: list[dict]) -> list[dict]:
     each metric and share the mean over the case's test slices, ``step_dice`` (a list) and ``cell``
     (the id) the fold's."""
     groups: dict = defaultdict(list)
-    steps, ids = {}, {}
+    cell_of = {}
     for r in results:
-        steps[(r["row"], r["seed"], r["fold"])] = list(r.get("step_dice") or [])
-        ids[(r["row"], r["seed"], r["fold"])] = r.get("id", "")
+        cell_of[(r["row"], r["seed"], r["fold"])] = r
         for img in r["per_image"]:
             groups[(r["row"], r["seed"], r["fold"], img["case"])].append(img)
     rows = []
     for (method, seed, fold, case), imgs in groups.items():
+        cell = cell_of[(method, seed, fold)]
         means = {k: float(np.mean([i.get(k, math.nan) for i in imgs])) for k in (*REPORT_KEYS, *SHARE_KEYS)}
         rows.append({"method": method, "seed": seed, "fold": fold, "case": case, "slices": len(imgs), **means,
-                     "step_dice": steps[(method, seed, fold)], "cell": ids[(method, seed, fold)]})
+                     "step_dice": list(cell.get("step_dice") or []), "cell": cell.get("id", "")})
     return rows
 
 
@@ -287,7 +288,7 @@ def load_patient_table(path: str | Path, label: str = "") -> list[dict]:
             slices = int(row.get("slices") or 1)
             vals = {k: float(row[k]) if row.get(k) not in (None, "") else math.nan for k in (*REPORT_KEYS, *SHARE_KEYS)}
             steps = [float(x) for x in (row.get("step_dice") or "").split()]
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:  # TypeError: a short row's missing field
             raise ValueError(f"{path}, line {n}: {exc}") from None
         if slices < 1 or not row["case"] or not row["method"]:
             raise ValueError(f"{path}, line {n}: needs a method, a case and at least one slice")
@@ -323,8 +324,6 @@ def main(argv: list[str] | None = None) -> int:
         results.sort(key=lambda r: r["row"] != args.first)  # stable: the rest keep their order
     text = cv_markdown(results)
     print(text, end="")
-    from a3c.fileio import write_bytes_atomic
-
     if args.out:
         write_bytes_atomic(Path(args.out), text.encode())
     if args.patients:
