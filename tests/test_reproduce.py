@@ -63,6 +63,9 @@ def test_experiments_with_baselines_write_their_tables(tiny_store, tmp_path, exp
             assert cases == {c.decode() for c in f["case_id"][()]}
         for section in ("## Pooled over patients", "## Dice per patient", "## Collapsed runs", "## Paired per-patient"):
             assert section in table
+        from tools.cv_report import cv_markdown, load_patient_table
+
+        assert cv_markdown(load_patient_table(out / "patients.csv")) in table  # the table gives the report back
         for r in lines:  # both trainers scored their best-validation and their final checkpoint
             cell = json.loads((out / "cells" / r["id"] / "result.json").read_text())
             assert cell["selection"] == "best" and set(cell["by_selection"]) == {"best", "last"}

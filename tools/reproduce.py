@@ -17,7 +17,8 @@ EXPERIMENT (one per paper table or figure):
 * ``cv``: patient-level K-fold cross-validation (``--cv-folds``, default 4): each method on
   ``cvK/fold{k}/train``, best checkpoint by ``cvK/fold{k}/val`` (a training-side patient), tested on
   ``cvK/fold{k}/test`` (``datasets.store.cv_folds``); the report of ``tools/cv_report.py`` (per
-  patient, pooled, collapsed runs, step Dice, paired comparisons) follows the table. The
+  patient, pooled, collapsed runs, step Dice, paired comparisons) follows the table, and its
+  per-patient table is written to ``patients.csv`` (small enough to keep with the results). The
   baselines get the config's ``data.image_size``, ``data.augment`` and ``data.jitter_*``; they keep their raw weights
   unless ``--baseline-ema-decay`` is given (a moving average did not help the U-Net on the
   LGG cross-validation, docs/RESULTS.md, so its opponent stays the stronger one).
@@ -466,9 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(results)
     table = markdown(args.experiment, rows, args)
     if args.experiment == "cv":
-        from tools.cv_report import cv_markdown
+        from tools.cv_report import cv_markdown, patient_csv
 
         table += "\n" + cv_markdown(results)
+        write_bytes_atomic(out / "patients.csv", patient_csv(results).encode())
     write_bytes_atomic(out / f"{args.experiment}.md", table.encode())
     write_bytes_atomic(out / f"{args.experiment}.csv", csv_text(results).encode())
     plots = {"fig5": plot_fig5, "fig7": plot_fig7}
@@ -476,7 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         plots[args.experiment](rows, out / f"{args.experiment}.png")
     print(table)
     say(f"wrote {out / (args.experiment + '.md')} and .csv"
-        + (f" and {args.experiment}.png" if args.experiment in plots else ""))
+        + (f" and {args.experiment}.png" if args.experiment in plots else "")
+        + (" and patients.csv (the per-patient table tools/cv_report.py reads back)" if args.experiment == "cv"
+           else ""))
     return 0
 
 
