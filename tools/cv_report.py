@@ -68,13 +68,11 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def patient_means(results: list[dict]) -> dict[str, dict[int, dict[str, dict[str, float]]]]:
-    """method -> seed -> case -> {metric: mean over the case's test slices}."""
-    rows: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in results:
-        for img in r["per_image"]:
-            rows[r["row"]][r["seed"]][img["case"]].append(img)
-    return {m: {s: {c: {k: float(np.mean([i[k] for i in imgs])) for k in REPORT_KEYS} for c, imgs in cases.items()}
-                for s, cases in seeds.items()} for m, seeds in rows.items()}
+    """method -> seed -> case -> {metric: mean over the case's test slices} (from ``patient_rows``)."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for row in patient_rows(results):
+        out[row["method"]][row["seed"]][row["case"]] = {k: row[k] for k in REPORT_KEYS}
+    return {m: dict(seeds) for m, seeds in out.items()}
 
 
 def pooled(results: list[dict]) -> dict[str, dict]:
